@@ -1,0 +1,105 @@
+"""Small frozen dataclasses passed between the stages (scan → detect → embed → cluster → enhance).
+
+Geometry convention: pixel coordinates in the *oriented* photo (EXIF orientation applied),
+x to the right, y down, boxes as (x0, y0, x1, y1) with x1/y1 exclusive in continuous coordinates.
+Landmarks are five (x, y) points in MTCNN order: left eye, right eye, nose, left mouth corner,
+right mouth corner ("left" = image left).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class Box:
+    x0: float
+    y0: float
+    x1: float
+    y1: float
+
+    @property
+    def width(self) -> float:
+        return self.x1 - self.x0
+
+    @property
+    def height(self) -> float:
+        return self.y1 - self.y0
+
+    @property
+    def size(self) -> float:
+        """Face size in pixels: the larger side of the detection box."""
+        return max(self.width, self.height)
+
+    def as_list(self) -> list[float]:
+        return [self.x0, self.y0, self.x1, self.y1]
+
+
+@dataclass(frozen=True)
+class DetectedFace:
+    """One face found by the detector in an oriented RGB photo."""
+
+    box: Box
+    landmarks: np.ndarray  # (5, 2) float32, oriented-photo pixels
+    score: float
+
+    @property
+    def size(self) -> float:
+        return self.box.size
+
+
+@dataclass(frozen=True)
+class Face:
+    """A face as stored in the index."""
+
+    id: int
+    photo_id: int
+    photo_path: Path
+    box: Box
+    landmarks: np.ndarray  # (5, 2)
+    score: float
+    size: float
+    sharpness: float
+    embedding: np.ndarray | None = None  # (128,) float32
+    identity_id: int | None = None
+
+
+@dataclass(frozen=True)
+class Photo:
+    id: int
+    path: Path
+    width: int  # oriented
+    height: int
+    size_bytes: int
+    mtime_ns: int
+    sha256: str | None = None
+    format: str | None = None
+
+
+@dataclass(frozen=True)
+class Identity:
+    id: int
+    name: str | None
+    face_ids: tuple[int, ...] = field(default_factory=tuple)
+
+
+@dataclass(frozen=True)
+class Exemplar:
+    """One reference crop for a target face: the aligned HR crop plus where it came from."""
+
+    crop: np.ndarray  # (H, W, 3) float32 RGB in [0, 1], aligned with the project's crop policy
+    face_id: int | None
+    photo_path: Path | None
+    score: float = 0.0
+
+
+@dataclass(frozen=True)
+class ExemplarSet:
+    identity_id: int | None
+    exemplars: tuple[Exemplar, ...] = field(default_factory=tuple)
+
+    def __len__(self) -> int:
+        return len(self.exemplars)
