@@ -103,3 +103,36 @@ class ExemplarSet:
 
     def __len__(self) -> int:
         return len(self.exemplars)
+
+
+@dataclass(frozen=True)
+class LoadedImage:
+    """A decoded photo, orientation applied, plus everything needed to write it back faithfully.
+
+    ``rgb`` follows the house convention (float32 RGB in [0, 1], (H, W, 3)); ``alpha`` is kept
+    apart so it can be upscaled separately. ``exif`` is the original raw EXIF block (orientation
+    tag still as in the file: the writer resets it to 1 because the pixels were rotated).
+    """
+
+    path: Path
+    rgb: np.ndarray  # (H, W, 3) float32 in [0, 1], oriented
+    alpha: np.ndarray | None  # (H, W) float32 in [0, 1], oriented, or None
+    format: str  # PIL format name: JPEG, PNG, WEBP, TIFF, HEIF, GIF, ...
+    mode: str  # original PIL mode: RGB, L, LA, RGBA, CMYK, I;16, P, ...
+    bit_depth: int  # 8 or 16 bits per channel in the original
+    orientation: int  # EXIF orientation of the original file (1..8; 1 when absent)
+    exif: bytes | None = None
+    icc_profile: bytes | None = None
+    xmp: bytes | None = None
+    n_frames: int = 1  # animated files: only the first frame is used
+
+    @property
+    def width(self) -> int:
+        return int(self.rgb.shape[1])
+
+    @property
+    def height(self) -> int:
+        return int(self.rgb.shape[0])
+
+    def rgb_uint8(self) -> np.ndarray:
+        return (np.clip(self.rgb, 0.0, 1.0) * 255.0 + 0.5).astype(np.uint8)
