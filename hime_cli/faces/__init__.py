@@ -1,0 +1,1 @@
+"""Face detection (facenet-pytorch MTCNN), embeddings (dlib ResNet), quality and crop geometry."""
