@@ -60,7 +60,7 @@ class FaceDetector:
             return []
         h, w = image.shape[:2]
         faces: list[DetectedFace] = []
-        for box, prob, pts in zip(boxes, probs, points):
+        for box, prob, pts in zip(boxes, probs, points, strict=True):
             x0, y0, x1, y1 = (float(v) for v in box)
             # MTCNN boxes can overhang the border; clip to the photo.
             x0, y0 = max(0.0, x0), max(0.0, y0)
