@@ -1,0 +1,1 @@
+"""Identities: clustering face embeddings (scikit-learn), stable identity ids, user decisions, exemplars."""
