@@ -1,0 +1,148 @@
+"""Numbered, ordered schema migrations of the library index.
+
+Each migration runs once, inside one transaction, and records itself in ``schema_version``.
+Never edit a released migration: append a new one. ``LATEST_VERSION`` is what this code expects;
+an index written by a newer hime (a higher version) is refused rather than guessed at.
+
+Notes on the schema:
+
+- ``photos.path_key`` is ``os.fsencode(absolute path)``: the exact bytes of the file name, so
+  non-UTF-8 names round-trip losslessly. ``photos.path`` is display text only (undecodable bytes
+  shown as ``\\xNN``); never open a file from it.
+- ``identities.id`` is AUTOINCREMENT so an id, once handed out, is never reused (users refer to
+  identities by id). ``faces.id`` likewise, because ``hime faces list`` prints face ids.
+- ``faces.embedding`` is float32 bytes; its length depends on ``photos.embedder``
+  (dlib: 128, facenet: 512).
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from dataclasses import dataclass
+from datetime import datetime, timezone
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    sql: str
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "photos, faces and identities",
+        """
+        CREATE TABLE photos (
+            id INTEGER PRIMARY KEY,
+            path_key BLOB NOT NULL UNIQUE,
+            path TEXT NOT NULL,
+            size INTEGER NOT NULL,
+            mtime_ns INTEGER NOT NULL,
+            sha256 TEXT,
+            width INTEGER,
+            height INTEGER,
+            format TEXT,
+            orientation INTEGER,
+            taken_at TEXT,
+            camera_make TEXT,
+            camera_model TEXT,
+            gps_lat REAL,
+            gps_lon REAL,
+            status TEXT NOT NULL CHECK (status IN ('ok', 'failed')),
+            error TEXT,
+            scanned_at TEXT NOT NULL,
+            embedder TEXT
+        );
+        CREATE INDEX photos_sha256 ON photos (sha256);
+
+        CREATE TABLE identities (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            name TEXT,
+            created_at TEXT NOT NULL,
+            merged_into INTEGER REFERENCES identities (id) ON DELETE SET NULL
+        );
+
+        CREATE TABLE faces (
+            id INTEGER PRIMARY KEY AUTOINCREMENT,
+            photo_id INTEGER NOT NULL REFERENCES photos (id) ON DELETE CASCADE,
+            x0 REAL NOT NULL,
+            y0 REAL NOT NULL,
+            x1 REAL NOT NULL,
+            y1 REAL NOT NULL,
+            landmarks BLOB NOT NULL,
+            score REAL NOT NULL,
+            size REAL NOT NULL,
+            sharpness REAL NOT NULL,
+            embedding BLOB,
+            identity_id INTEGER REFERENCES identities (id) ON DELETE SET NULL,
+            assigned_by TEXT NOT NULL DEFAULT 'auto' CHECK (assigned_by IN ('auto', 'user'))
+        );
+        CREATE INDEX faces_photo ON faces (photo_id);
+        CREATE INDEX faces_identity ON faces (identity_id);
+        """,
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+def current_version(conn: sqlite3.Connection) -> int:
+    """The schema version of an open index (0 for an empty database)."""
+    row = conn.execute(
+        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
+    ).fetchone()
+    if row is None:
+        return 0
+    (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
+    return int(version)
+
+
+def apply_migrations(conn: sqlite3.Connection) -> list[int]:
+    """Bring the schema up to ``LATEST_VERSION``; returns the versions applied.
+
+    The connection must be in autocommit mode (``isolation_level=None``): each migration runs in
+    its own ``BEGIN IMMEDIATE`` transaction, so a crash leaves the index at a whole version.
+    """
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_version ("
+        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    applied: list[int] = []
+    for migration in MIGRATIONS:
+        if migration.version <= current_version(conn):
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            # Re-check under the write lock: another process may have migrated meanwhile.
+            if migration.version <= current_version(conn):
+                conn.execute("ROLLBACK")
+                continue
+            for statement in _split_statements(migration.sql):
+                conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
+                (migration.version, migration.description, datetime.now(timezone.utc).isoformat()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        applied.append(migration.version)
+    return applied
+
+
+def _split_statements(sql: str) -> list[str]:
+    """Split a migration into statements (``executescript`` would commit the open transaction)."""
+    statements: list[str] = []
+    buffer = ""
+    for line in sql.splitlines(keepends=True):
+        buffer += line
+        if sqlite3.complete_statement(buffer):
+            if buffer.strip():
+                statements.append(buffer.strip())
+            buffer = ""
+    if buffer.strip():
+        statements.append(buffer.strip())
+    return statements
