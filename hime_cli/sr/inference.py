@@ -1,0 +1,215 @@
+"""Batched super-resolution of aligned face crops with a HIME model.
+
+Crop-size policy (shared with the pipeline): a face whose canonical crop region covers ``R``
+input-photo pixels (``faces.align.region_size``) is cropped at ``L = max(L0, ceil(R))`` pixels,
+where ``L0 = train_hr / model_scale`` (32 for the ×4 model trained on 128 px faces). A small face is
+upsampled to the size the network was trained on; a larger one keeps its native resolution (the
+network is fully convolutional, and shrinking it to 32 px would throw detail away). The network
+returns ``L * model_scale`` pixels; exemplars are cropped at that size.
+
+Faces of equal ``L`` are batched together (across photos); their reference sets are padded to the
+longest one with a ``ref_mask`` (the model never computes an absent reference), and batches are cut
+so that their pixel count stays under a memory budget.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections import defaultdict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import cv2
+import numpy as np
+
+from hime_cli.errors import ModelError, UsageError
+
+log = logging.getLogger(__name__)
+
+TRAIN_HR_SIZE = 128  # HR face crop side the released models were trained on
+DEVICES = ("auto", "cpu", "cuda")
+# Images (LR + refs, counted at the HR size) per batch: ~1.5 M HR pixels keeps a CPU batch under
+# ~1 GB of activations with the small model; a GPU takes more.
+CPU_BATCH_PIXELS = 1_600_000
+CUDA_BATCH_PIXELS = 12_000_000
+
+
+def lr_crop_size(region: float, model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
+    """LR crop side ``L = max(train_hr / model_scale, ceil(region))`` (see module docstring)."""
+    base = train_hr // model_scale
+    return max(base, int(math.ceil(region - 1e-6)))
+
+
+def resolve_device(device: str) -> str:
+    """``auto`` → ``cuda`` when available, else ``cpu``; ``cuda`` without a GPU is a usage error."""
+    import torch
+
+    if device not in DEVICES and not device.startswith("cuda:"):
+        raise UsageError(f"unknown device {device!r}.", hint="use --device auto, cpu or cuda")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UsageError(
+            "--device cuda was asked for but no CUDA GPU is available.",
+            hint="use --device cpu (or auto), or install a CUDA build of torch",
+        )
+    return device
+
+
+def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """Square crop → ``size`` px: area-averaged when shrinking, bicubic when growing."""
+    if crop.shape[0] == size:
+        return crop
+    interp = cv2.INTER_AREA if size < crop.shape[0] else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(crop, dtype=np.float32), (size, size), interpolation=interp)
+
+
+@dataclass(frozen=True)
+class SRJob:
+    """One face to super-resolve: the aligned LR crop and its exemplar crops."""
+
+    lr: np.ndarray  # (L, L, 3) float32 RGB in [0, 1]
+    refs: tuple[np.ndarray, ...] = field(default_factory=tuple)  # each (L*s, L*s, 3), s = model scale
+
+    @property
+    def size(self) -> int:
+        return int(self.lr.shape[0])
+
+
+class FaceSuperResolver:
+    """Runs a HIME model over many face crops, batched by crop size, under ``torch.inference_mode``."""
+
+    def __init__(self, model, device: str = "cpu", batch_pixels: int | None = None, name: str = "") -> None:
+        self.device = resolve_device(device)
+        self.model = model.eval().to(self.device)
+        self.scale = int(model.scale)
+        self.name = name or type(model).__name__
+        default = CUDA_BATCH_PIXELS if self.device.startswith("cuda") else CPU_BATCH_PIXELS
+        self.batch_pixels = int(batch_pixels or default)
+
+    def _check(self, job: SRJob) -> None:
+        size = job.size
+        if job.lr.shape != (size, size, 3):
+            raise ValueError(f"LR crop must be (L, L, 3), got {job.lr.shape}")
+        hr = size * self.scale
+        for ref in job.refs:
+            if ref.shape != (hr, hr, 3):
+                raise ValueError(
+                    f"reference crops must be ({hr}, {hr}, 3) for an L={size} face, got {ref.shape}"
+                )
+
+    def plan_batches(self, jobs: Sequence[SRJob]) -> list[list[int]]:
+        """Indices of ``jobs`` grouped by crop size, cut to the pixel budget (at least one per batch)."""
+        by_size: dict[int, list[int]] = defaultdict(list)
+        for index, job in enumerate(jobs):
+            by_size[job.size].append(index)
+        batches: list[list[int]] = []
+        for size in sorted(by_size):
+            hr_pixels = (size * self.scale) ** 2
+            current: list[int] = []
+            current_refs = 0
+            for index in by_size[size]:
+                n_refs = max(current_refs, len(jobs[index].refs))
+                # Padded batch: every item holds max(n_refs) reference slots (only present ones run).
+                cost = (len(current) + 1) * hr_pixels * (1 + n_refs)
+                if current and cost > self.batch_pixels:
+                    batches.append(current)
+                    current, n_refs = [], len(jobs[index].refs)
+                current.append(index)
+                current_refs = n_refs
+            if current:
+                batches.append(current)
+        return batches
+
+    def run(self, jobs: Sequence[SRJob], on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        """SR crops (L*s, L*s, 3) float32, not clamped, in the order of ``jobs``.
+
+        ``on_batch(n)`` is called after each batch with the number of faces it held.
+        """
+        import torch
+
+        for job in jobs:
+            self._check(job)
+        results: list[np.ndarray | None] = [None] * len(jobs)
+        with torch.inference_mode():
+            for batch in self.plan_batches(jobs):
+                items = [jobs[i] for i in batch]
+                lr = torch.from_numpy(np.stack([j.lr for j in items])).permute(0, 3, 1, 2)
+                n_refs = max(len(j.refs) for j in items)
+                refs = mask = None
+                if n_refs:
+                    hr = items[0].size * self.scale
+                    ref_array = np.zeros((len(items), n_refs, hr, hr, 3), dtype=np.float32)
+                    mask_array = np.zeros((len(items), n_refs), dtype=bool)
+                    for row, job in enumerate(items):
+                        for slot, ref in enumerate(job.refs):
+                            ref_array[row, slot] = ref
+                            mask_array[row, slot] = True
+                    refs = torch.from_numpy(ref_array).permute(0, 1, 4, 2, 3).to(self.device)
+                    mask = torch.from_numpy(mask_array).to(self.device)
+                out = self.model(lr.to(self.device).contiguous(), refs, mask)
+                out_np = out.float().permute(0, 2, 3, 1).cpu().numpy()
+                for row, index in enumerate(batch):
+                    results[index] = np.ascontiguousarray(out_np[row])
+                if on_batch is not None:
+                    on_batch(len(batch))
+        return [r for r in results if r is not None]
+
+
+def default_weights_name(scale: int) -> str:
+    """Registry name of the released model for an output scale (×2 uses the ×4 model)."""
+    return "hime_small_x8" if scale == 8 else "hime_small_x4"
+
+
+def load_super_resolver(
+    weights: str | None,
+    scale: int,
+    device: str = "auto",
+    batch_pixels: int | None = None,
+) -> FaceSuperResolver:
+    """Build the model for ``--weights NAME|PATH`` (or the default for ``scale``) and wrap it.
+
+    Missing weights are a :class:`ModelError` naming the command that fetches them; ``--scale 8``
+    without ×8 weights falls back to the ×4 model (its output resampled), with a warning.
+    """
+    from hime_cli.sr.registry import create_model
+
+    resolved = resolve_device(device)
+    name = weights or default_weights_name(scale)
+    try:
+        model, label = _build(name, create_model)
+    except ModelError:
+        if weights is None and scale == 8:
+            log.warning("no ×8 weights available; using the ×4 model and resampling its output ×2")
+            model, label = _build(default_weights_name(4), create_model)
+        else:
+            raise
+    return FaceSuperResolver(model, resolved, batch_pixels, label)
+
+
+def _build(name: str, create_model) -> tuple[object, str]:
+    """(model, label) for a registry name (``arch`` or ``arch.tag``) or a ``.safetensors`` path."""
+    from pathlib import Path
+
+    path = Path(name).expanduser()
+    if name.endswith(".safetensors") or path.is_file():
+        if not path.is_file():
+            raise ModelError(f"weights file not found: {path}", hint="check the path given to --weights")
+        arch = _arch_from_filename(path.name)
+        return create_model(arch, checkpoint_path=path), path.name
+    return create_model(name, pretrained=True), name
+
+
+def _arch_from_filename(filename: str) -> str:
+    """``hime_small_x4.celeba_wild_v1.safetensors`` → ``hime_small_x4`` (the registered architecture)."""
+    from hime_cli.sr.registry import list_models
+
+    stem = filename.split(".")[0]
+    if stem in list_models():
+        return stem
+    raise ModelError(
+        f"cannot tell the architecture of {filename}.",
+        hint="name weight files <arch>.<tag>.safetensors, e.g. hime_small_x4.mine.safetensors "
+        f"(architectures: {', '.join(list_models())})",
+    )

@@ -1,0 +1,120 @@
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from hime_cli.errors import ModelError, UsageError
+from hime_cli.sr.inference import (
+    FaceSuperResolver,
+    SRJob,
+    load_super_resolver,
+    lr_crop_size,
+    resize_crop,
+    resolve_device,
+)
+from hime_cli.sr.registry import create_model
+
+
+@pytest.fixture(scope="module")
+def tiny_model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    return create_model("hime_test_x4").eval()
+
+
+def _job(rng: np.random.Generator, size: int, n_refs: int, scale: int = 4) -> SRJob:
+    lr = rng.random((size, size, 3), dtype=np.float32)
+    refs = tuple(rng.random((size * scale, size * scale, 3), dtype=np.float32) for _ in range(n_refs))
+    return SRJob(lr, refs)
+
+
+def test_lr_crop_size_policy() -> None:
+    assert lr_crop_size(10.0, 4) == 32  # small face: up to the training size
+    assert lr_crop_size(32.0, 4) == 32
+    assert lr_crop_size(40.2, 4) == 41  # larger face: native resolution, never shrunk
+    assert lr_crop_size(10.0, 8) == 16
+
+
+def test_resolve_device() -> None:
+    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("auto") in ("cpu", "cuda")
+    with pytest.raises(UsageError):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UsageError, match="no CUDA"):
+            resolve_device("cuda")
+
+
+def test_batched_results_match_one_by_one(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(0)
+    # Mixed sizes and reference counts (0 refs included) in one call.
+    jobs = [_job(rng, 32, 2), _job(rng, 40, 0), _job(rng, 32, 0), _job(rng, 32, 3), _job(rng, 40, 1)]
+    sr = FaceSuperResolver(tiny_model, "cpu")
+    calls: list[int] = []
+    batched = sr.run(jobs, on_batch=calls.append)
+    assert sum(calls) == len(jobs) and len(calls) == 2  # one batch per crop size
+    assert [b.shape for b in batched] == [
+        (128, 128, 3),
+        (160, 160, 3),
+        (128, 128, 3),
+        (128, 128, 3),
+        (160, 160, 3),
+    ]
+    for job, out in zip(jobs, batched, strict=True):
+        with torch.inference_mode():
+            lr = torch.from_numpy(job.lr).permute(2, 0, 1)[None]
+            refs = torch.from_numpy(np.stack(job.refs)).permute(0, 3, 1, 2)[None] if job.refs else None
+            single = tiny_model(lr, refs).permute(0, 2, 3, 1)[0].numpy()
+        np.testing.assert_allclose(out, single, atol=1e-4)
+
+
+def test_references_change_the_output(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(1)
+    job = _job(rng, 32, 2)
+    sr = FaceSuperResolver(tiny_model, "cpu")
+    with_refs, without = sr.run([job, SRJob(job.lr)])
+    assert np.abs(with_refs - without).max() > 1e-4
+
+
+def test_batches_respect_the_pixel_budget(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(2)
+    jobs = [_job(rng, 32, 3) for _ in range(10)]
+    # 128² HR pixels × (1 + 3 refs) = 65,536 per face: a 200k budget fits 3 faces per batch.
+    sr = FaceSuperResolver(tiny_model, "cpu", batch_pixels=200_000)
+    batches = sr.plan_batches(jobs)
+    assert [len(b) for b in batches] == [3, 3, 3, 1]
+    assert sorted(i for b in batches for i in b) == list(range(10))
+    # A single face over budget still runs alone.
+    assert FaceSuperResolver(tiny_model, "cpu", batch_pixels=1).plan_batches(jobs[:2]) == [[0], [1]]
+
+
+def test_bad_reference_shape_is_rejected(tiny_model: torch.nn.Module) -> None:
+    rng = np.random.default_rng(3)
+    bad = SRJob(rng.random((32, 32, 3), dtype=np.float32), (rng.random((100, 100, 3), dtype=np.float32),))
+    with pytest.raises(ValueError, match="reference crops"):
+        FaceSuperResolver(tiny_model, "cpu").run([bad])
+
+
+def test_resize_crop() -> None:
+    crop = np.random.default_rng(4).random((128, 128, 3), dtype=np.float32)
+    assert resize_crop(crop, 64).shape == (64, 64, 3)
+    assert resize_crop(crop, 256).shape == (256, 256, 3)
+    assert resize_crop(crop, 128) is crop
+    np.testing.assert_allclose(resize_crop(crop, 64).mean(), crop.mean(), atol=1e-3)
+
+
+def test_weights_from_a_safetensors_path(tmp_path, tiny_model: torch.nn.Module) -> None:
+    from safetensors.torch import save_file
+
+    path = tmp_path / "hime_test_x4.mine.safetensors"
+    save_file({k: v.contiguous() for k, v in tiny_model.state_dict().items()}, str(path))
+    sr = load_super_resolver(str(path), scale=4, device="cpu")
+    assert sr.scale == 4 and sr.name == path.name
+    for a, b in zip(sr.model.state_dict().values(), tiny_model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    odd = tmp_path / "whatever.safetensors"
+    odd.write_bytes(path.read_bytes())
+    with pytest.raises(ModelError, match="architecture"):
+        load_super_resolver(str(odd), scale=4, device="cpu")
+    with pytest.raises(ModelError, match="not found"):
+        load_super_resolver(str(tmp_path / "missing.safetensors"), scale=4, device="cpu")
