@@ -1,0 +1,71 @@
+"""CPU/GPU timing of a HIME architecture (``hime bench sr`` calls :func:`benchmark_sr`)."""
+
+from __future__ import annotations
+
+import time
+
+import torch
+
+from hime_cli.sr.complexity import count_complexity
+from hime_cli.sr.registry import create_model
+
+__all__ = ["benchmark_sr"]
+
+
+def benchmark_sr(
+    name: str = "hime_small_x4",
+    batch: int = 16,
+    refs: int = 3,
+    threads: int = 2,
+    repeats: int = 5,
+    warmup: int = 1,
+    hr_size: int = 128,
+    device: str = "cpu",
+    channels_last: bool = False,
+) -> dict:
+    """Time ``batch`` faces with ``refs`` references each; report the median ms per face.
+
+    Random weights and inputs (speed does not depend on them). ``threads`` sets
+    ``torch.set_num_threads`` for the run and is restored afterwards.
+    """
+    model = create_model(name).eval().to(device)
+    scale = model.scale
+    generator = torch.Generator().manual_seed(0)
+    lr = torch.rand(batch, 3, hr_size // scale, hr_size // scale, generator=generator)
+    ref_images = torch.rand(batch, refs, 3, hr_size, hr_size, generator=generator)
+    complexity = count_complexity(model, lr[:1], ref_images[:1])
+    lr, ref_images = lr.to(device), ref_images.to(device)
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        lr = lr.contiguous(memory_format=torch.channels_last)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    times: list[float] = []
+    try:
+        with torch.inference_mode():
+            for index in range(warmup + repeats):
+                start = time.perf_counter()
+                model(lr, ref_images)
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
+                if index >= warmup:
+                    times.append(time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(previous_threads)
+    times.sort()
+    median = times[len(times) // 2]
+    return {
+        "name": name,
+        "device": device,
+        "batch": batch,
+        "refs": refs,
+        "threads": threads,
+        "lr_size": hr_size // scale,
+        "hr_size": hr_size,
+        "channels_last": channels_last,
+        "ms_per_face": 1000 * median / batch,
+        "ms_per_face_best": 1000 * times[0] / batch,
+        "params": complexity.params,
+        "gmacs": complexity.gmacs,
+        "sampling_gmacs": complexity.sampling_macs / 1e9,
+    }

@@ -1,0 +1,190 @@
+"""HIME network: shapes, reference masking, gradients, golden output, budgets."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hime_cli.sr.complexity import count_complexity
+from hime_cli.sr.hime import HIMEConfig
+from hime_cli.sr.registry import create_model
+
+LR_SIZE = 8  # x4 -> 32x32 references: small enough for fast CPU tests
+
+
+def _inputs(batch: int, n_refs: int, scale: int = 4, seed: int = 0):
+    gen = torch.Generator().manual_seed(seed)
+    lr = torch.rand(batch, 3, LR_SIZE, LR_SIZE, generator=gen)
+    refs = torch.rand(batch, n_refs, 3, LR_SIZE * scale, LR_SIZE * scale, generator=gen)
+    return lr, refs
+
+
+def _model(name: str = "hime_test_x4", **overrides):
+    torch.manual_seed(0)
+    return create_model(name, **overrides).eval()
+
+
+def _perturb_zero_inits(model: torch.nn.Module) -> None:
+    """Zero-initialised heads block gradients upstream at step 0; give them small values."""
+    gen = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for param in model.parameters():
+            if not param.any():
+                param.add_(0.01 * torch.randn(param.shape, generator=gen))
+
+
+@pytest.mark.parametrize("n_refs", [0, 1, 3, 7])
+def test_output_shapes_and_aux(n_refs):
+    model = _model()
+    lr, refs = _inputs(3, n_refs)
+    mask = torch.rand(3, n_refs, generator=torch.Generator().manual_seed(n_refs)) > 0.4
+    if n_refs:
+        mask[0] = False  # one item without any reference
+        mask[1, 0] = True
+    with torch.no_grad():
+        out, aux = model(lr, refs, mask, return_aux=True)
+    assert out.shape == (3, 3, 32, 32)
+    assert torch.isfinite(out).all()
+    assert aux["weights"].shape == (3, n_refs, 1, LR_SIZE, LR_SIZE)
+    if n_refs:
+        assert aux["offsets"].shape == (3, n_refs, 2 * 2 * 9, LR_SIZE, LR_SIZE)
+        assert (aux["weights"][~mask] == 0).all()
+        assert (aux["weights"][mask] > 0).all()
+
+
+@pytest.mark.parametrize("name", ["hime_test_x4", "hime_test_x8"])
+def test_no_refs_equals_all_masked_refs(name):
+    model = _model(name)
+    scale = model.scale
+    lr, refs = _inputs(2, 3, scale)
+    with torch.no_grad():
+        alone = model(lr)
+        empty = model(lr, refs[:, :0])
+        masked = model(lr, refs, torch.zeros(2, 3, dtype=torch.bool))
+    assert alone.shape == (2, 3, LR_SIZE * scale, LR_SIZE * scale)
+    assert torch.equal(alone, empty)
+    assert torch.equal(alone, masked)
+
+
+@pytest.mark.parametrize("align", ["conv", "dconv", "dconv_flow"])
+@pytest.mark.parametrize("aggregate", ["average", "max", "cofa"])
+def test_masked_garbage_refs_do_not_change_the_output(align, aggregate):
+    model = _model(align=align, aggregate=aggregate)
+    lr, refs = _inputs(2, 3)
+    garbage = torch.full((2, 4, *refs.shape[2:]), float("nan"))
+    garbage[:, :2] = 1e3  # huge values and NaNs in the padding slots
+    padded = torch.cat((garbage[:, :2], refs, garbage[:, 2:]), dim=1)
+    mask = torch.tensor([[False, False, True, True, True, False, False]] * 2)
+    mask[1, 3] = False  # item 1 has two references only
+    with torch.no_grad():
+        out = model(lr, padded, mask)
+        full_0 = model(lr[:1], refs[:1])
+        full_1 = model(lr[1:], refs[1:, [0, 2]])
+    torch.testing.assert_close(out[:1], full_0, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1:], full_1, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("align", "aggregate"), [("dconv", "cofa"), ("dconv_flow", "cofa"), ("conv", "average"), ("dconv", "max")]
+)
+def test_gradients_reach_every_parameter(align, aggregate):
+    model = _model(align=align, aggregate=aggregate).train()
+    _perturb_zero_inits(model)
+    lr, refs = _inputs(2, 3)
+    refs.requires_grad_()
+    out = model(lr, refs, torch.tensor([[True, True, True], [True, False, True]]))
+    out.square().mean().backward()
+    dead = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not dead, f"parameters without gradient: {dead}"
+    assert refs.grad[1, 1].abs().sum() == 0  # a masked reference receives nothing
+    assert refs.grad[1, 0].abs().sum() > 0
+
+
+def test_external_flow_replaces_learned_flow():
+    model = _model(align="dconv_flow")
+    lr, refs = _inputs(1, 2)
+    flows = torch.zeros(1, 2, 2, LR_SIZE, LR_SIZE)
+    flows[:, :, 0] = 1.5  # dx
+    with torch.no_grad():
+        out_learned, aux_learned = model(lr, refs, return_aux=True)
+        out_given, aux_given = model(lr, refs, flows=flows, return_aux=True)
+    assert torch.equal(aux_given["flows"], flows)
+    assert aux_learned["flows"].abs().max() == 0  # learned flow head starts at zero
+    # the flow enters the offsets as (dy, dx) for every tap
+    torch.testing.assert_close(
+        aux_given["offsets"][:, :, 1::2], torch.full_like(aux_given["offsets"][:, :, 1::2], 1.5)
+    )
+    assert not torch.allclose(out_learned, out_given)
+
+
+def test_output_is_bicubic_plus_residual_and_not_clamped():
+    model = _model()
+    lr, refs = _inputs(1, 1)
+    lr[..., :2, :2] = 1.0
+    with torch.no_grad():
+        for param in model.reconstructor.tail.parameters():
+            param.zero_()
+        out = model(lr, refs)
+    bicubic = torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    torch.testing.assert_close(out, bicubic)
+    assert out.max() > 1.0  # bicubic overshoot is kept: callers clamp
+
+
+def test_golden_output_hime_test_x4():
+    """Deterministic init (seed 0) on a fixed input; the residual R(F_f) is pinned separately."""
+    torch.manual_seed(0)
+    model = create_model("hime_test_x4").eval()
+    lr = (torch.arange(3 * 8 * 8, dtype=torch.float32).view(1, 3, 8, 8) % 17) / 16
+    refs = (torch.arange(2 * 3 * 32 * 32, dtype=torch.float32).view(1, 2, 3, 32, 32) % 29) / 28
+    with torch.no_grad():
+        out = model(lr, refs)
+    residual = out - torch.nn.functional.interpolate(lr, scale_factor=4, mode="bicubic", align_corners=False)
+    pixels = [
+        residual[0, c, y, x].item()
+        for c, y, x in [(0, 0, 0), (1, 5, 7), (2, 16, 16), (0, 31, 2), (1, 20, 30)]
+    ]
+    assert out.sum().item() == pytest.approx(GOLDEN["sum"], abs=1e-2)
+    assert out.abs().mean().item() == pytest.approx(GOLDEN["mean_abs"], abs=1e-4)
+    assert residual.abs().mean().item() == pytest.approx(GOLDEN["residual_mean_abs"], abs=1e-5)
+    assert pixels == pytest.approx(GOLDEN["residual_pixels"], abs=1e-4)
+
+
+GOLDEN = {
+    "sum": 1434.5757,
+    "mean_abs": 0.470364,
+    "residual_mean_abs": 0.0251707,
+    "residual_pixels": [-0.0155553, -0.0062899, -0.0168887, -0.0344856, -0.0330612],
+}
+
+
+def test_small_x4_budget():
+    model = create_model("hime_small_x4").eval()
+    lr, refs = torch.rand(1, 3, 32, 32), torch.rand(1, 3, 3, 128, 128)
+    complexity = count_complexity(model, lr, refs)
+    assert complexity.params <= 1_000_000
+    assert complexity.gmacs <= 2.0
+
+
+def test_complexity_counts_a_conv_exactly():
+    conv = torch.nn.Conv2d(3, 5, 3, padding=1)
+    complexity = count_complexity(conv, torch.rand(2, 3, 4, 6))
+    assert complexity.params == 5 * 3 * 9 + 5
+    assert complexity.macs == 5 * 3 * 9 * 4 * 6
+
+
+def test_config_validation():
+    with pytest.raises(ValueError):
+        HIMEConfig(scale=3)
+    with pytest.raises(ValueError):
+        HIMEConfig(align="flow")
+    with pytest.raises(ValueError):
+        HIMEConfig(channels=10, deform_groups=4)
+
+
+def test_wrong_reference_size_raises():
+    model = _model()
+    lr, refs = _inputs(1, 2)
+    with pytest.raises(ValueError, match="refs must have shape"):
+        model(lr, refs[..., :16, :16])
+    with pytest.raises(ValueError, match="ref_mask"):
+        model(lr, refs, torch.ones(1, 3, dtype=torch.bool))

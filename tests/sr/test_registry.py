@@ -1,0 +1,118 @@
+"""Registry, strict safetensors loading and hub delegation."""
+
+from __future__ import annotations
+
+import sys
+import types
+
+import pytest
+import torch
+from safetensors.torch import save_file
+
+from hime_cli.errors import ModelError
+from hime_cli.sr.hime import checkpoint_filter
+from hime_cli.sr.registry import create_model, list_models, load_state, register_model, split_model_name
+
+
+def _state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone().contiguous() for k, v in model.state_dict().items()}
+
+
+def test_list_models_has_every_architecture():
+    names = list_models()
+    for name in [
+        "hime_small_x4",
+        "hime_small_x8",
+        "hime_large_x4",
+        "hime_large_x8",
+        "hime_test_x4",
+        "hime_test_x8",
+    ]:
+        assert name in names
+
+
+def test_duplicate_registration_raises():
+    def hime_test_x4():  # same name as a registered architecture
+        raise AssertionError("never built")
+
+    with pytest.raises(ValueError, match="already registered"):
+        register_model(hime_test_x4)
+
+
+def test_unknown_model_raises_model_error():
+    with pytest.raises(ModelError, match="unknown model"):
+        create_model("hime_huge_x4")
+
+
+def test_overrides_and_names():
+    model = create_model("hime_test_x4.some_tag", aggregate="max", align="conv")
+    assert model.config.aggregate == "max" and model.config.align == "conv" and model.scale == 4
+    assert model.name == "hime_test_x4"
+    assert split_model_name("hime_small_x4.celeba_wild_v1") == ("hime_small_x4", "celeba_wild_v1")
+
+
+def test_safetensors_round_trip_with_wrapper_prefixes(tmp_path):
+    torch.manual_seed(0)
+    source = create_model("hime_test_x4").eval()
+    path = tmp_path / "w.safetensors"
+    save_file({f"_orig_mod.module.{k}": v for k, v in _state(source).items()}, str(path))
+    torch.manual_seed(1)
+    loaded = create_model("hime_test_x4", checkpoint_path=path).eval()
+    for key, value in source.state_dict().items():
+        assert torch.equal(loaded.state_dict()[key], value), key
+    lr, refs = torch.rand(1, 3, 8, 8), torch.rand(1, 1, 3, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(source(lr, refs), loaded(lr, refs))
+
+
+def test_missing_extra_and_misshaped_keys_fail_loudly(tmp_path):
+    model = create_model("hime_test_x4")
+    state = _state(model)
+    missing = dict(state)
+    missing.pop("reconstructor.tail.weight")
+    save_file(missing, str(tmp_path / "missing.safetensors"))
+    with pytest.raises(ModelError, match="1 missing keys"):
+        load_state(model, tmp_path / "missing.safetensors")
+    extra = dict(state, **{"extra.weight": torch.zeros(1)})
+    save_file(extra, str(tmp_path / "extra.safetensors"))
+    with pytest.raises(ModelError, match="1 unexpected keys"):
+        load_state(model, tmp_path / "extra.safetensors")
+    misshaped = dict(state, **{"reconstructor.tail.bias": torch.zeros(4)})
+    save_file(misshaped, str(tmp_path / "shape.safetensors"))
+    with pytest.raises(ModelError, match="do not fit"):
+        load_state(model, tmp_path / "shape.safetensors")
+    x8 = create_model("hime_test_x8")
+    save_file(_state(x8), str(tmp_path / "x8.safetensors"))
+    with pytest.raises(ModelError):
+        create_model("hime_test_x4", checkpoint_path=tmp_path / "x8.safetensors")
+
+
+def test_pickles_and_corrupt_files_are_refused(tmp_path):
+    model = create_model("hime_test_x4")
+    pickle_path = tmp_path / "w.pth"
+    pickle_path.write_bytes(b"not loaded")
+    with pytest.raises(ModelError, match="only .safetensors"):
+        load_state(model, pickle_path)
+    corrupt = tmp_path / "w.safetensors"
+    corrupt.write_bytes(b"\x00" * 20)
+    with pytest.raises(ModelError, match="cannot read"):
+        load_state(model, corrupt)
+
+
+def test_pretrained_delegates_to_hub(tmp_path, monkeypatch):
+    torch.manual_seed(3)
+    source = create_model("hime_test_x4")
+    path = tmp_path / "hub.safetensors"
+    save_file(_state(source), str(path))
+    calls = []
+    fake_hub = types.ModuleType("hime_cli.hub")
+    fake_hub.resolve_weights = lambda name: calls.append(name) or path
+    monkeypatch.setitem(sys.modules, "hime_cli.hub", fake_hub)
+    model = create_model("hime_test_x4.v1", pretrained=True)
+    assert calls == ["hime_test_x4.v1"]
+    assert torch.equal(model.reconstructor.tail.weight, source.reconstructor.tail.weight)
+
+
+def test_checkpoint_filter_strips_prefixes_only_at_the_start():
+    state = {"module._orig_mod.a.weight": 1, "b.module.weight": 2}
+    assert checkpoint_filter(state) == {"a.weight": 1, "b.module.weight": 2}
