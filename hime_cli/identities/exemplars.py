@@ -1,0 +1,196 @@
+"""Choosing exemplars: the person's own good face crops that guide the super-resolution of a face.
+
+For a target face of identity X, a candidate is **eligible** when it
+
+- belongs to X (``identity_id`` equal to the target's; ``None == None`` lets a caller pass an
+  explicit reference set, e.g. faces found in a ``--refs`` folder),
+- comes from another photo than the target (never a copy of the blurry face itself),
+- has a native crop resolution ``region_size(landmarks)`` of at least ``min_region`` photo
+  pixels (the HR crop size: a reference smaller than the output would have to be upsampled and
+  brings no detail).
+
+Eligible candidates are ranked by a score in [0, 1], a weighted sum of four parts, each in [0, 1]:
+
+- ``pose`` (weight 0.40): ``exp(-(d / 0.05)^2)`` where ``d`` is the RMS distance between the
+  target's and the candidate's five landmarks after each is mapped by its own alignment
+  (similarity) transform into the unit crop: what is left is pose and expression (yaw moves the
+  nose sideways, pitch moves it up and down), not position, size or in-plane rotation.
+  An RMS difference of 0.05 crop widths (a clearly different head turn) scores ``1/e``.
+- ``sharpness`` (0.30): the candidate's percentile rank of ``faces.quality.sharpness`` among the
+  eligible candidates (ranks, not raw values: the scale of a Laplacian variance varies with
+  lighting and content).
+- ``resolution`` (0.15): ``min(region / min_region, 2) - 1``: more pixels help up to twice the
+  HR size; beyond that the crop is downsampled anyway.
+- ``detection`` (0.15): the detector's confidence (a proxy for an unoccluded, well-lit face).
+
+Ties break on the face id, so the choice is deterministic.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from hime_cli.faces.align import alignment_matrix, region_size
+from hime_cli.types import Face
+
+if TYPE_CHECKING:
+    from hime_cli.library.index import LibraryIndex
+
+DEFAULT_MAX_REFS = 3
+DEFAULT_MIN_REGION = 128.0  # the HR crop size of the released models
+POSE_SIGMA = 0.05
+
+
+@dataclass(frozen=True)
+class ExemplarWeights:
+    pose: float = 0.40
+    sharpness: float = 0.30
+    resolution: float = 0.15
+    detection: float = 0.15
+
+
+@dataclass(frozen=True)
+class RankedExemplar:
+    """A candidate with its score and the parts it is made of (for logs and contact sheets)."""
+
+    face: Face
+    score: float
+    pose: float
+    sharpness: float
+    resolution: float
+    detection: float
+    region: float
+
+
+def normalised_landmarks(landmarks: np.ndarray) -> np.ndarray:
+    """The five landmarks in unit-crop coordinates (their own alignment transform applied)."""
+    lm = np.asarray(landmarks, dtype=np.float64).reshape(5, 2)
+    m = alignment_matrix(lm, 1)
+    return lm @ m[:, :2].T + m[:, 2]
+
+
+def pose_distance(a: np.ndarray, b: np.ndarray) -> float:
+    """RMS distance between two faces' normalised landmarks (0 = same pose and expression)."""
+    diff = normalised_landmarks(a) - normalised_landmarks(b)
+    return float(np.sqrt((diff**2).sum(axis=1).mean()))
+
+
+def pose_similarity(a: np.ndarray, b: np.ndarray, sigma: float = POSE_SIGMA) -> float:
+    """``exp(-(d / sigma)^2)`` of :func:`pose_distance`: 1 for the same pose, towards 0 apart."""
+    return float(np.exp(-((pose_distance(a, b) / sigma) ** 2)))
+
+
+def _percentile_ranks(values: Sequence[float]) -> np.ndarray:
+    """Ranks scaled to [0, 1] (ties share their average rank); a single value ranks 1."""
+    v = np.asarray(values, dtype=np.float64)
+    if len(v) == 1:
+        return np.ones(1)
+    order = np.argsort(v, kind="stable")
+    ranks = np.empty(len(v))
+    ranks[order] = np.arange(len(v), dtype=np.float64)
+    for value in np.unique(v):  # average the ranks of ties
+        same = v == value
+        ranks[same] = ranks[same].mean()
+    return ranks / (len(v) - 1)
+
+
+def is_eligible(target: Face, candidate: Face, min_region: float) -> bool:
+    """Same identity, another photo, and at least ``min_region`` native pixels."""
+    return (
+        candidate.id != target.id
+        and candidate.photo_id != target.photo_id
+        and candidate.identity_id == target.identity_id
+        and region_size(candidate.landmarks) >= min_region
+    )
+
+
+def rank_exemplars(
+    target: Face,
+    candidates: Sequence[Face],
+    min_region: float = DEFAULT_MIN_REGION,
+    weights: ExemplarWeights | None = None,
+) -> list[RankedExemplar]:
+    """Every eligible candidate with its score, best first (see the module docstring)."""
+    w = weights or ExemplarWeights()
+    eligible = [c for c in candidates if is_eligible(target, c, min_region)]
+    if not eligible:
+        return []
+    sharp = _percentile_ranks([c.sharpness for c in eligible])
+    ranked = []
+    for face, sharp_part in zip(eligible, sharp, strict=True):
+        region = region_size(face.landmarks)
+        pose = pose_similarity(target.landmarks, face.landmarks)
+        resolution = min(region / min_region, 2.0) - 1.0 if min_region > 0 else 1.0
+        detection = float(np.clip(face.score, 0.0, 1.0))
+        score = (
+            w.pose * pose
+            + w.sharpness * float(sharp_part)
+            + w.resolution * resolution
+            + w.detection * detection
+        ) / (w.pose + w.sharpness + w.resolution + w.detection)
+        ranked.append(RankedExemplar(face, score, pose, float(sharp_part), resolution, detection, region))
+    ranked.sort(key=lambda r: (-r.score, r.face.id))
+    return ranked
+
+
+def select_exemplars(
+    target: Face,
+    candidates: Sequence[Face],
+    max_refs: int = DEFAULT_MAX_REFS,
+    min_region: float = DEFAULT_MIN_REGION,
+    weights: ExemplarWeights | None = None,
+) -> list[Face]:
+    """Up to ``max_refs`` exemplar faces for ``target``, best first; at most one per photo.
+
+    Fewer (possibly none) when fewer candidates are eligible: a reference that is too small,
+    from the same photo or of another person is never used to fill the quota.
+    """
+    if max_refs < 0:
+        raise ValueError(f"max_refs must be >= 0, got {max_refs}")
+    chosen: list[Face] = []
+    photos: set[int] = set()
+    for r in rank_exemplars(target, candidates, min_region, weights):
+        if len(chosen) >= max_refs:
+            break
+        if r.face.photo_id in photos:  # two faces of one person in one photo: a mirror, a print
+            continue
+        chosen.append(r.face)
+        photos.add(r.face.photo_id)
+    return chosen
+
+
+def exemplar_quality_order(faces: Sequence[Face], min_region: float = DEFAULT_MIN_REGION) -> list[Face]:
+    """Faces usable as exemplars (region >= ``min_region``), best first, independent of a target.
+
+    The same score as :func:`rank_exemplars` without the pose part (there is no target pose):
+    sharpness rank 0.30, resolution 0.15, detection 0.15, renormalised.
+    """
+    usable = [f for f in faces if region_size(f.landmarks) >= min_region]
+    if not usable:
+        return []
+    w = ExemplarWeights()
+    sharp = _percentile_ranks([f.sharpness for f in usable])
+    scored = []
+    for face, sharp_part in zip(usable, sharp, strict=True):
+        resolution = min(region_size(face.landmarks) / min_region, 2.0) - 1.0 if min_region > 0 else 1.0
+        score = w.sharpness * float(sharp_part) + w.resolution * resolution + w.detection * float(face.score)
+        scored.append((score, face))
+    scored.sort(key=lambda s: (-s[0], s[1].id))
+    return [face for _, face in scored]
+
+
+def exemplar_faces_for_identity(
+    index: LibraryIndex, identity_id: int, hr_size: float = DEFAULT_MIN_REGION
+) -> list[Face]:
+    """The identity's usable exemplar set: its faces with a native crop of at least ``hr_size``
+    pixels, best first (:func:`exemplar_quality_order`). A merged-away id resolves to the
+    identity it went into. ``hime clusters list`` shows the count, ``export`` writes them."""
+    from hime_cli.identities.store import resolve_identity
+
+    live = resolve_identity(index, identity_id)
+    faces = list(index.iter_faces(with_embeddings=False, identity_id=live))
+    return exemplar_quality_order(faces, min_region=hr_size)

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hime_cli.faces.align import CANONICAL_LANDMARKS, region_size
+from hime_cli.identities.exemplars import (
+    exemplar_quality_order,
+    normalised_landmarks,
+    pose_distance,
+    pose_similarity,
+    rank_exemplars,
+    select_exemplars,
+)
+from hime_cli.types import Box, Face
+
+
+def landmarks(
+    region: float, x: float = 100.0, y: float = 100.0, angle: float = 0.0, yaw: float = 0.0
+) -> np.ndarray:
+    """Canonical landmarks scaled to a ``region``-pixel crop, rotated in-plane by ``angle``
+    radians, placed at (x, y); ``yaw`` shifts the nose sideways (in crop widths) like a head turn."""
+    lm = CANONICAL_LANDMARKS.copy()
+    lm[2, 0] += yaw
+    lm = (lm - 0.5) * region
+    c, s = np.cos(angle), np.sin(angle)
+    lm = lm @ np.array([[c, s], [-s, c]])
+    return (lm + [x, y]).astype(np.float32)
+
+
+def face(
+    fid: int,
+    photo: int,
+    region: float = 200.0,
+    sharp: float = 10.0,
+    score: float = 0.99,
+    identity: int | None = 1,
+    yaw: float = 0.0,
+    angle: float = 0.0,
+) -> Face:
+    lm = landmarks(region, yaw=yaw, angle=angle)
+    return Face(
+        id=fid,
+        photo_id=photo,
+        photo_path=Path(f"/photos/{photo}.jpg"),
+        box=Box(50, 50, 50 + region, 50 + region),
+        landmarks=lm,
+        score=score,
+        size=region,
+        sharpness=sharp,
+        identity_id=identity,
+    )
+
+
+def test_region_size_of_synthetic_landmarks() -> None:
+    assert region_size(landmarks(200.0)) == pytest.approx(200.0, rel=1e-6)
+
+
+def test_pose_distance_ignores_position_scale_and_rotation() -> None:
+    a = landmarks(64, x=10, y=300)
+    b = landmarks(400, x=500, y=50, angle=0.4)
+    assert pose_distance(a, b) == pytest.approx(0.0, abs=1e-6)
+    assert pose_similarity(a, b) == pytest.approx(1.0)
+    np.testing.assert_allclose(normalised_landmarks(b), CANONICAL_LANDMARKS, atol=1e-6)
+
+
+def test_pose_distance_grows_with_head_turn() -> None:
+    front = landmarks(200)
+    d_small = pose_distance(front, landmarks(200, yaw=0.03))
+    d_big = pose_distance(front, landmarks(200, yaw=0.12))
+    assert 0 < d_small < d_big
+    assert pose_similarity(front, landmarks(200, yaw=0.12)) < pose_similarity(front, landmarks(200, yaw=0.03))
+
+
+def test_never_same_photo_other_identity_or_too_small() -> None:
+    target = face(1, photo=10, region=40)
+    candidates = [
+        face(2, photo=10, region=300, sharp=99),  # same photo as the target
+        face(3, photo=11, region=300, sharp=99, identity=2),  # another person
+        face(4, photo=12, region=100, sharp=99),  # below the HR size
+        face(5, photo=13, region=130, sharp=1),  # eligible
+        target,  # the target itself
+    ]
+    assert [f.id for f in select_exemplars(target, candidates, max_refs=3, min_region=128)] == [5]
+
+
+def test_ranks_by_pose_then_quality() -> None:
+    target = face(1, photo=1, region=40, yaw=0.08)
+    candidates = [
+        face(2, photo=2, yaw=0.0, sharp=50),  # frontal, sharpest
+        face(3, photo=3, yaw=0.08, sharp=20),  # same pose as the target
+        face(4, photo=4, yaw=0.08, sharp=5),  # same pose, blurrier
+        face(5, photo=5, yaw=-0.1, sharp=10),  # turned the other way
+    ]
+    chosen = [f.id for f in select_exemplars(target, candidates, max_refs=2)]
+    assert chosen == [3, 4]
+    ranked = rank_exemplars(target, candidates)
+    assert [r.face.id for r in ranked][-1] == 5
+    assert all(0.0 <= r.score <= 1.0 for r in ranked)
+
+
+def test_sharpness_and_resolution_break_equal_poses() -> None:
+    target = face(1, photo=1, region=40)
+    sharp_small = face(2, photo=2, region=130, sharp=30)
+    blurry_big = face(3, photo=3, region=256, sharp=1)
+    blurry_small = face(4, photo=4, region=130, sharp=1)
+    ranked = [r.face.id for r in rank_exemplars(target, [blurry_small, blurry_big, sharp_small])]
+    assert ranked == [2, 3, 4]
+
+
+def test_one_exemplar_per_photo_and_max_refs() -> None:
+    target = face(1, photo=1, region=40)
+    candidates = [face(10 + i, photo=2 + i // 2, sharp=float(i)) for i in range(8)]  # 2 faces per photo
+    chosen = select_exemplars(target, candidates, max_refs=3)
+    assert len(chosen) == 3
+    assert len({f.photo_id for f in chosen}) == 3
+    assert select_exemplars(target, candidates, max_refs=0) == []
+    with pytest.raises(ValueError):
+        select_exemplars(target, candidates, max_refs=-1)
+
+
+def test_deterministic_ties_break_on_id() -> None:
+    target = face(1, photo=1, region=40)
+    candidates = [face(fid, photo=fid) for fid in (9, 4, 7)]
+    assert [f.id for f in select_exemplars(target, candidates, max_refs=3)] == [4, 7, 9]
+
+
+def test_explicit_reference_set_without_identity() -> None:
+    target = face(1, photo=1, region=40, identity=None)
+    refs = [face(2, photo=2, identity=None), face(3, photo=3, identity=5)]
+    assert [f.id for f in select_exemplars(target, refs)] == [2]
+
+
+def test_quality_order_filters_small_and_prefers_sharp() -> None:
+    faces = [face(1, 1, region=100, sharp=100), face(2, 2, sharp=5), face(3, 3, sharp=50)]
+    assert [f.id for f in exemplar_quality_order(faces, min_region=128)] == [3, 2]
+    assert exemplar_quality_order([], 128) == []
