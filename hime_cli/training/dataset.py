@@ -1,0 +1,143 @@
+"""Training batches built on the fly from a :class:`CropSet`, entirely on the training device.
+
+A sample is (LR, HR, references, mask):
+- HR: the canonical 128 px crop, with a small random similarity jitter of the framing (rotation,
+  shift, optionally zoom) so the network sees the landmark noise that small faces really have;
+- LR: bicubic (antialiased) downsampling of HR by ``scale`` — the degradation `hime eval` measures;
+- references: up to ``max_refs`` crops of OTHER photos of the same identity (almost aligned, the
+  same zoom as the target), grey-scaled inside the network.
+To teach the network to use references only when they help, a fraction of samples gets no
+reference (``p_blank``) or references of another identity (``p_wrong``).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from hime_cli.training.prepare import HR_SIZE, STORE_MARGIN, CropSet
+
+
+def bicubic_downsample(hr: Tensor, scale: int) -> Tensor:
+    """The LR degradation used everywhere (training, eval): antialiased bicubic ↓scale."""
+    h, w = hr.shape[-2:]
+    return F.interpolate(
+        hr, size=(h // scale, w // scale), mode="bicubic", antialias=True, align_corners=False
+    ).clamp(0, 1)
+
+
+@dataclass(frozen=True)
+class SamplerConfig:
+    scale: int = 4
+    max_refs: int = 3
+    p_blank: float = 0.1  # no reference at all
+    p_wrong: float = 0.1  # references of another identity
+    p_fewer: float = 0.2  # 1 or 2 references instead of max_refs
+    rot_deg: float = 6.0  # target framing jitter
+    shift: float = 0.04  # fraction of the crop half-size
+    scale_jitter: float = 0.04
+    p_zoom: float = 0.25  # zoom in (bigger face in the crop), shared by target and references
+    max_zoom: float = 1.25
+    ref_rot_deg: float = 2.0
+    ref_shift: float = 0.015
+    flip: bool = True
+
+
+class CropSampler:
+    """Draws random training batches from a crop set on ``device``."""
+
+    def __init__(
+        self, crops: CropSet, config: SamplerConfig, device: str | torch.device = "cpu", seed: int = 0
+    ) -> None:
+        if len(crops) == 0:
+            raise ValueError("empty crop set")
+        self.config = config
+        self.device = torch.device(device)
+        self.images = torch.from_numpy(crops.crops).permute(0, 3, 1, 2).contiguous().to(self.device)  # uint8
+        self.identity = crops.identity.astype(np.int64)
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator(device="cpu").manual_seed(seed)
+        members: dict[int, list[int]] = {}
+        for i, k in enumerate(self.identity):
+            members.setdefault(int(k), []).append(i)
+        self.members = {k: np.asarray(v) for k, v in members.items()}
+        # Targets need at least one other photo of their identity to draw references from.
+        self.targets = np.asarray([i for i, k in enumerate(self.identity) if len(self.members[int(k)]) >= 2])
+        self.identities = np.asarray(sorted(self.members))
+
+    def _theta(self, n: int, rot_deg: float, shift: float, scale_jitter: float, zoom: np.ndarray) -> Tensor:
+        """affine_grid matrices (n, 2, 3): output canonical crop → stored crop, normalised coords."""
+        rng = self.rng
+        angle = np.deg2rad(rng.uniform(-rot_deg, rot_deg, n))
+        s = (1.0 + rng.uniform(-scale_jitter, scale_jitter, n)) / (STORE_MARGIN * zoom)
+        tx, ty = rng.uniform(-shift, shift, n), rng.uniform(-shift, shift, n)
+        cos, sin = np.cos(angle) * s, np.sin(angle) * s
+        theta = np.stack(
+            [np.stack([cos, -sin, tx / STORE_MARGIN], 1), np.stack([sin, cos, ty / STORE_MARGIN], 1)], 1
+        )
+        return torch.from_numpy(theta.astype(np.float32)).to(self.device)
+
+    def _warp(self, index: np.ndarray, theta: Tensor, flip: np.ndarray) -> Tensor:
+        images = self.images[torch.from_numpy(index).to(self.device)].float() / 255.0
+        grid = F.affine_grid(theta, [len(index), 3, HR_SIZE, HR_SIZE], align_corners=False)
+        if flip.any():
+            f = torch.from_numpy(flip).to(self.device)
+            grid[f] = grid[f].flip(2) * torch.tensor([-1.0, 1.0], device=self.device)  # mirror x
+        return F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(
+            0, 1
+        )
+
+    def sample(self, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(lr (B,3,h,w), hr (B,3,128,128), refs (B,N,3,128,128), ref_mask (B,N) bool)."""
+        cfg, rng = self.config, self.rng
+        target = rng.choice(self.targets, size=batch)
+        zoom = np.where(rng.random(batch) < cfg.p_zoom, rng.uniform(1.0, cfg.max_zoom, batch), 1.0)
+        flip = rng.random(batch) < 0.5 if cfg.flip else np.zeros(batch, bool)
+        hr = self._warp(target, self._theta(batch, cfg.rot_deg, cfg.shift, cfg.scale_jitter, zoom), flip)
+        n = cfg.max_refs
+        ref_index = np.zeros((batch, n), dtype=np.int64)
+        mask = np.zeros((batch, n), dtype=bool)
+        for b in range(batch):
+            u = rng.random()
+            if u < cfg.p_blank:
+                continue
+            own = int(self.identity[target[b]])
+            if u < cfg.p_blank + cfg.p_wrong:
+                other = own
+                while other == own:
+                    other = int(rng.choice(self.identities))
+                pool = self.members[other]
+            else:
+                pool = self.members[own][self.members[own] != target[b]]
+            k = n if rng.random() >= cfg.p_fewer else int(rng.integers(1, n))
+            k = min(k, len(pool))
+            ref_index[b, :k] = rng.choice(pool, size=k, replace=False)
+            mask[b, :k] = True
+        ref_theta = self._theta(batch * n, cfg.ref_rot_deg, cfg.ref_shift, 0.01, np.repeat(zoom, n))
+        refs = self._warp(ref_index.reshape(-1), ref_theta, np.repeat(flip, n)).view(
+            batch, n, 3, HR_SIZE, HR_SIZE
+        )
+        refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
+        lr = bicubic_downsample(hr, cfg.scale)
+        return lr, hr, refs, torch.from_numpy(mask).to(self.device)
+
+
+def canonical_view(crops: CropSet, device: str | torch.device = "cpu") -> Tensor:
+    """All crops as canonical 128 px HR faces (no jitter): (N, 3, 128, 128) float in [0, 1]."""
+    images = torch.from_numpy(crops.crops).permute(0, 3, 1, 2).float().div(255.0)
+    margin = (images.shape[-1] - HR_SIZE) // 2
+    if images.shape[-1] == round(HR_SIZE * STORE_MARGIN) and margin * 2 + HR_SIZE == images.shape[-1]:
+        return images[..., margin : margin + HR_SIZE, margin : margin + HR_SIZE].contiguous().to(device)
+    theta = torch.tensor([[1 / STORE_MARGIN, 0, 0], [0, 1 / STORE_MARGIN, 0]], dtype=torch.float32).expand(
+        len(images), 2, 3
+    )
+    grid = F.affine_grid(theta, [len(images), 3, HR_SIZE, HR_SIZE], align_corners=False)
+    return F.grid_sample(images, grid, mode="bicubic", align_corners=False).clamp(0, 1).to(device)
+
+
+__all__ = ["CropSampler", "SamplerConfig", "bicubic_downsample", "canonical_view", "math"]
