@@ -22,13 +22,15 @@ def benchmark_sr(
     hr_size: int = 128,
     device: str = "cpu",
     channels_last: bool = False,
+    **overrides,
 ) -> dict:
     """Time ``batch`` faces with ``refs`` references each; report the median ms per face.
 
     Random weights and inputs (speed does not depend on them). ``threads`` sets
-    ``torch.set_num_threads`` for the run and is restored afterwards.
+    ``torch.set_num_threads`` for the run and is restored afterwards; ``overrides`` change the
+    architecture config (e.g. ``channels=32``) for what-if timings.
     """
-    model = create_model(name).eval().to(device)
+    model = create_model(name, **overrides).eval().to(device)
     scale = model.scale
     generator = torch.Generator().manual_seed(0)
     lr = torch.rand(batch, 3, hr_size // scale, hr_size // scale, generator=generator)
@@ -56,6 +58,7 @@ def benchmark_sr(
     median = times[len(times) // 2]
     return {
         "name": name,
+        "overrides": overrides,
         "device": device,
         "batch": batch,
         "refs": refs,

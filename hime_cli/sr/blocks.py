@@ -43,12 +43,15 @@ def zero_init_(conv: nn.Conv2d) -> None:
 def flow_warp(feature: Tensor, flow: Tensor) -> Tensor:
     """Backward-warp (M, C, h, w) by a (M, 2, h, w) flow of (dx, dy) pixels: out(p) = feature(p + flow(p))."""
     _, _, height, width = feature.shape
+    flow = flow.float() if flow.dtype in (torch.float16, torch.bfloat16) else flow  # see dconv.py
     ys = torch.arange(height, device=flow.device, dtype=flow.dtype).view(1, height, 1)
     xs = torch.arange(width, device=flow.device, dtype=flow.dtype).view(1, 1, width)
     grid_x = (2 * (xs + flow[:, 0]) + 1) / width - 1  # align_corners=False normalisation
     grid_y = (2 * (ys + flow[:, 1]) + 1) / height - 1
     grid = torch.stack((grid_x, grid_y), dim=-1)
-    return F.grid_sample(feature, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(
+        feature.to(grid.dtype), grid, mode="bilinear", padding_mode="zeros", align_corners=False
+    )
 
 
 class ResidualBlock(nn.Module):
@@ -62,7 +65,8 @@ class ResidualBlock(nn.Module):
         scale_init_(self.conv2, 0.1)
 
     def forward(self, x: Tensor) -> Tensor:
-        return x + self.conv2(F.relu(self.conv1(x), inplace=True))
+        # add_ onto conv2's fresh output (not saved for backward): one fewer allocation per block
+        return self.conv2(F.relu(self.conv1(x), inplace=True)).add_(x)
 
 
 def residual_stack(channels: int, blocks: int) -> nn.Sequential:
@@ -233,9 +237,10 @@ class FeatureAggregation(nn.Module):
             mu = torch.sigmoid((key * query).sum(dim=1, keepdim=True) * self.inv_sqrt_embed)  # (M, 1, h, w)
         else:  # average
             mu = aligned.new_ones(aligned.shape[0], 1, height, width)
-        numerator = f_lr.new_zeros(f_lr.shape).index_add(0, index_b, mu * aligned)
-        denominator = f_lr.new_zeros(batch, 1, height, width).index_add(0, index_b, mu)
-        weights = f_lr.new_zeros(batch, n_refs, 1, height, width).index_put((index_b, index_n), mu)
+        weighted = mu * aligned
+        numerator = weighted.new_zeros(batch, *weighted.shape[1:]).index_add(0, index_b, weighted)
+        denominator = mu.new_zeros(batch, 1, height, width).index_add(0, index_b, mu)
+        weights = mu.new_zeros(batch, n_refs, 1, height, width).index_put((index_b, index_n), mu)
         if self.aggregate == "average":
             return numerator / denominator.clamp_min(1.0), weights / denominator.clamp_min(1.0).unsqueeze(1)
         return numerator / (denominator + self.eps), weights

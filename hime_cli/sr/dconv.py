@@ -62,14 +62,17 @@ def deform_conv2d(
     if channels % groups:
         raise ValueError(f"{channels} input channels are not divisible by {groups} offset groups")
 
+    # Sampling positions need float32 at least: in bf16 a coordinate near 32 is only good to 1/8 px,
+    # so under autocast the input is sampled in float32 too (grid_sample wants equal dtypes).
+    dtype = torch.promote_types(torch.promote_types(input.dtype, offset.dtype), torch.float32)
     # Base (undeformed) sampling positions, (K, Ho, Wo) each, in input pixel coordinates.
-    kwargs = {"device": input.device, "dtype": input.dtype}
+    kwargs = {"device": input.device, "dtype": dtype}
     tap_y = (torch.arange(kh, **kwargs) * dh).repeat_interleave(kw)  # (K,)
     tap_x = (torch.arange(kw, **kwargs) * dw).repeat(kh)  # (K,)
     base_y = tap_y.view(taps, 1, 1) + (torch.arange(out_h, **kwargs) * sh - ph).view(1, out_h, 1)
     base_x = tap_x.view(taps, 1, 1) + (torch.arange(out_w, **kwargs) * sw - pw).view(1, 1, out_w)
 
-    offset = offset.view(batch, groups, taps, 2, out_h, out_w)
+    offset = offset.view(batch, groups, taps, 2, out_h, out_w).to(dtype)
     pos_y = base_y + offset[:, :, :, 0]  # (B, G, K, Ho, Wo)
     pos_x = base_x + offset[:, :, :, 1]
     # Pixel p -> normalised coordinate for align_corners=False: (2p + 1) / size - 1 (works for size 1).
@@ -77,7 +80,7 @@ def deform_conv2d(
     grid = grid.view(batch * groups, taps * out_h, out_w, 2)
 
     sampled = F.grid_sample(
-        input.reshape(batch * groups, channels // groups, height, width),
+        input.reshape(batch * groups, channels // groups, height, width).to(dtype),
         grid,
         mode="bilinear",
         padding_mode="zeros",
@@ -85,9 +88,11 @@ def deform_conv2d(
     )  # (B*G, C/G, K*Ho, Wo)
     sampled = sampled.view(batch, groups, channels // groups, taps, out_h, out_w)
     if mask is not None:
-        sampled = sampled * mask.view(batch, groups, 1, taps, out_h, out_w)
+        mask = mask.view(batch, groups, 1, taps, out_h, out_w)
+        # In place when no graph is recorded: saves a full copy of the (largest) sampled tensor.
+        sampled = sampled * mask if torch.is_grad_enabled() else sampled.mul_(mask)
     columns = sampled.reshape(batch, channels * taps, out_h * out_w)  # im2col: index c*K + k
-    out = torch.matmul(weight.reshape(out_channels, channels * taps), columns)
+    out = torch.matmul(weight.reshape(out_channels, channels * taps).to(columns.dtype), columns)
     out = out.view(batch, out_channels, out_h, out_w)
     if bias is not None:
         out = out + bias.view(1, out_channels, 1, 1)

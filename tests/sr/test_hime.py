@@ -188,3 +188,25 @@ def test_wrong_reference_size_raises():
         model(lr, refs[..., :16, :16])
     with pytest.raises(ValueError, match="ref_mask"):
         model(lr, refs, torch.ones(1, 3, dtype=torch.bool))
+
+
+def test_bf16_autocast_forward_backward():
+    """Mixed precision (as a GPU training loop would use): sampling positions stay float32."""
+    model = _model(align="dconv_flow").train()
+    lr, refs = _inputs(2, 2)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(lr, refs, torch.tensor([[True, False], [True, True]]))
+    assert out.shape == (2, 3, 32, 32) and torch.isfinite(out).all()
+    out.float().mean().backward()
+    assert model.alignment.dconv.weight.grad is not None
+
+
+def test_dconv_samples_in_float32_under_autocast():
+    from hime_cli.sr.dconv import deform_conv2d
+
+    x = torch.rand(1, 2, 40, 40)
+    weight = torch.rand(2, 2, 1, 1)
+    offset = torch.full((1, 2, 40, 40), 0.3)  # a third of a pixel: lost if positions were bf16
+    expected = deform_conv2d(x, offset, weight)
+    actual = deform_conv2d(x.bfloat16(), offset.bfloat16(), weight.bfloat16())
+    torch.testing.assert_close(actual.float(), expected, rtol=2e-2, atol=2e-2)
