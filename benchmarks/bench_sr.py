@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/bench_sr.py                      # hime_small_x4, 16 faces x 3 refs, 2 threads
     .venv/bin/python benchmarks/bench_sr.py --name hime_large_x4 --channels-last
     .venv/bin/python benchmarks/bench_sr.py --set channels=32     # what-if: override config fields
+    python benchmarks/bench_sr.py --device cuda --train --batch 32  # one training step on a GPU
 
 The budget for hime_small_x4 is <= 50 ms per face (batch 16, 3 refs, 2 threads). On a machine shared
 with other jobs the median is pessimistic; ``ms_per_face_best`` is the least disturbed run.
@@ -13,7 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hime_cli.sr.bench import benchmark_sr
+from hime_cli.sr.bench import benchmark_sr, benchmark_train_step
 
 
 def _value(text: str) -> int | float | str:
@@ -34,20 +35,27 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--train", action="store_true", help="time a training step instead of inference")
+    parser.add_argument("--amp", action="store_true", help="bf16 autocast (with --train)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     overrides = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
     for name in args.name or ["hime_small_x4"]:
-        result = benchmark_sr(
-            name,
-            batch=args.batch,
-            refs=args.refs,
-            threads=args.threads,
-            repeats=args.repeats,
-            device=args.device,
-            channels_last=args.channels_last,
-            **overrides,
-        )
+        if args.train:
+            result = benchmark_train_step(
+                name, batch=args.batch, refs=args.refs, device=args.device, amp=args.amp, **overrides
+            )
+        else:
+            result = benchmark_sr(
+                name,
+                batch=args.batch,
+                refs=args.refs,
+                threads=args.threads,
+                repeats=args.repeats,
+                device=args.device,
+                channels_last=args.channels_last,
+                **overrides,
+            )
         print(json.dumps(result), flush=True)
 
 

@@ -9,7 +9,7 @@ import torch
 from hime_cli.sr.complexity import count_complexity
 from hime_cli.sr.registry import create_model
 
-__all__ = ["benchmark_sr"]
+__all__ = ["benchmark_sr", "benchmark_train_step"]
 
 
 def benchmark_sr(
@@ -71,4 +71,56 @@ def benchmark_sr(
         "params": complexity.params,
         "gmacs": complexity.gmacs,
         "sampling_gmacs": complexity.sampling_macs / 1e9,
+    }
+
+
+def benchmark_train_step(
+    name: str = "hime_small_x4",
+    batch: int = 32,
+    refs: int = 3,
+    steps: int = 20,
+    warmup: int = 3,
+    hr_size: int = 128,
+    device: str = "cuda",
+    amp: bool = False,
+    **overrides,
+) -> dict:
+    """Time one optimisation step (forward, Charbonnier + correlation loss, backward, Adam)."""
+    from hime_cli.sr.losses import charbonnier, correlation_loss
+
+    model = create_model(name, **overrides).train().to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-4)
+    scale = model.scale
+    generator = torch.Generator().manual_seed(0)
+    hr = torch.rand(batch, 3, hr_size, hr_size, generator=generator).to(device)
+    lr = torch.nn.functional.interpolate(hr, scale_factor=1 / scale, mode="area")
+    ref_images = torch.rand(batch, refs, 3, hr_size, hr_size, generator=generator).to(device)
+    mask = torch.ones(batch, refs, dtype=torch.bool, device=device)
+    synchronize = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    times: list[float] = []
+    for index in range(warmup + steps):
+        start = time.perf_counter()
+        with torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=amp):
+            out = model(lr, ref_images, mask)
+        loss = charbonnier(out.float(), hr) + 0.1 * correlation_loss(out.float(), hr)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        synchronize()
+        if index >= warmup:
+            times.append(time.perf_counter() - start)
+    times.sort()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
+    return {
+        "name": name,
+        "overrides": overrides,
+        "device": device,
+        "batch": batch,
+        "refs": refs,
+        "amp": amp,
+        "ms_per_step": 1000 * times[len(times) // 2],
+        "peak_gib": None if peak is None else round(peak, 2),
+        "params": sum(p.numel() for p in model.parameters()),
     }
