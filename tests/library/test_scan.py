@@ -1,0 +1,294 @@
+from __future__ import annotations
+
+import builtins
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hime_cli.errors import UsageError
+from hime_cli.library.index import LibraryIndex
+from hime_cli.library.scan import ScanEvent, scan_paths
+from tests.conftest import REPO_ROOT
+from tests.library.corpus import asymmetric_rgb, broken_files, save_oriented, write_png16
+from tests.library.fakes import CentreDetector, MeanColourEmbedder
+
+
+def _photo(path: Path, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(asymmetric_rgb(size[0], size[1], seed=seed)).save(path, quality=92)
+    return path
+
+
+def _scan(paths, index, **kwargs):  # type: ignore[no-untyped-def]
+    detector = kwargs.pop("detector", None) or CentreDetector()
+    embedder = kwargs.pop("embedder", None) or MeanColourEmbedder()
+    return scan_paths(paths, index, embedder=embedder, detector=detector, **kwargs), detector, embedder
+
+
+@pytest.fixture
+def library(tmp_path: Path) -> Path:
+    root = tmp_path / "photos"
+    for i in range(3):
+        _photo(root / f"album{i % 2}" / f"p{i}.jpg", seed=i)
+    return root
+
+
+def test_first_scan_indexes_every_photo_and_face(library: Path) -> None:
+    events: list[ScanEvent] = []
+    with LibraryIndex.open() as index:
+        report, detector, embedder = _scan([library], index, progress=events.append)
+        assert (report.photos, report.new, report.unchanged, report.failed) == (3, 3, 0, 0)
+        assert report.faces_found == 3 and detector.calls == 3
+        assert [e.done for e in events] == [1, 2, 3] and all(e.total == 3 for e in events)
+        faces = list(index.iter_faces())
+        assert len(faces) == 3
+        assert all(f.photo_path.is_absolute() and f.photo_path.exists() for f in faces)
+        assert all(f.embedding is not None and f.embedding.shape == (128,) for f in faces)
+        assert all(f.sharpness > 0 for f in faces)
+        photo = index.get_photo_by_path(library / "album0" / "p0.jpg")
+        assert photo is not None and (photo.width, photo.height) == (96, 64) and photo.format == "JPEG"
+        assert photo.sha256 is not None and len(photo.sha256) == 64 and photo.embedder == "fake"
+
+
+@pytest.mark.parametrize("parallel", [True, False])
+def test_rescan_skips_unchanged_photos_without_reading_them(
+    library: Path, monkeypatch: pytest.MonkeyPatch, parallel: bool
+) -> None:
+    with LibraryIndex.open() as index:
+        _scan([library], index, parallel=parallel)
+        real_open = builtins.open
+        opened: list[str] = []
+
+        def spy(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            opened.append(os.fspath(file))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", spy)
+        report, detector, embedder = _scan([library], index, parallel=parallel)
+        assert (report.unchanged, report.new, report.updated) == (3, 0, 0)
+        assert detector.calls == 0 and embedder.calls == 0
+        assert not [p for p in opened if p.endswith(".jpg")]
+        assert not report.changed
+
+
+def test_touched_photo_is_hashed_once_then_skipped(library: Path) -> None:
+    target = library / "album0" / "p0.jpg"
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        face_ids = [f.id for f in index.iter_faces()]
+        os.utime(target, ns=(time.time_ns(), time.time_ns() + 5_000_000_000))
+        report, detector, _ = _scan([library], index)
+        assert report.unchanged == 3 and detector.calls == 0
+        assert [f.id for f in index.iter_faces()] == face_ids
+        record = index.get_photo_by_path(target)
+        assert record is not None and record.mtime_ns == target.stat().st_mtime_ns
+
+
+def test_edited_photo_is_reprocessed(library: Path) -> None:
+    target = library / "album1" / "p1.jpg"
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        old = index.get_photo_by_path(target)
+        _photo(target, seed=99, size=(120, 80))
+        report, detector, _ = _scan([library], index)
+        assert (report.updated, report.unchanged, detector.calls) == (1, 2, 1)
+        new = index.get_photo_by_path(target)
+        assert new is not None and old is not None
+        assert new.id == old.id and new.sha256 != old.sha256 and (new.width, new.height) == (120, 80)
+        assert len(index.faces_for_photo(new.id)) == 1
+
+
+def test_moved_photo_keeps_its_row_and_faces(library: Path) -> None:
+    source = library / "album0" / "p0.jpg"
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        photo = index.get_photo_by_path(source)
+        assert photo is not None
+        face_ids = [f.id for f in index.faces_for_photo(photo.id)]
+        (library / "moved").mkdir()
+        dest = library / "moved" / "renamed.jpg"
+        shutil.move(source, dest)
+        report, detector, _ = _scan([library], index)
+        assert (report.moved, report.new, report.missing, detector.calls) == (1, 0, 0, 0)
+        assert index.get_photo_by_path(source) is None
+        moved = index.get_photo_by_path(dest)
+        assert moved is not None and moved.id == photo.id
+        assert [f.id for f in index.faces_for_photo(moved.id)] == face_ids
+        assert index.count_photos() == 3
+
+
+def test_copied_photo_is_a_new_photo_and_deleted_one_is_missing(library: Path) -> None:
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        shutil.copy2(library / "album0" / "p0.jpg", library / "copy.jpg")
+        (library / "album1" / "p1.jpg").unlink()
+        report, _, _ = _scan([library], index)
+        assert (report.new, report.moved, report.missing) == (1, 0, 1)
+        assert index.count_photos() == 4  # the deleted photo stays indexed (and reported missing)
+
+
+def test_force_and_embedder_change_reprocess(library: Path) -> None:
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        report, detector, _ = _scan([library], index, force=True)
+        assert (report.updated, detector.calls) == (3, 3)
+        other = MeanColourEmbedder()
+        other.name = "other"
+        report, detector, _ = _scan([library], index, embedder=other)
+        assert (report.updated, report.moved, detector.calls) == (3, 0, 3)
+        assert {p.embedder for p in index.iter_photos()} == {"other"}
+
+
+def test_broken_files_never_stop_a_scan(
+    tmp_path: Path, library: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = broken_files(library / "broken")
+    locked = _photo(library / "broken" / "locked.jpg", seed=5)
+    if os.geteuid() == 0:
+        real_open = builtins.open
+
+        def fake_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            if os.fspath(file) == os.fspath(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(locked))
+            return real_open(file, *args, **kwargs)
+
+        monkeypatch.setattr(builtins, "open", fake_open)
+    else:
+        locked.chmod(0)
+    with LibraryIndex.open() as index:
+        report, _, _ = _scan([library], index)
+        assert report.new == 3
+        reasons = {f.path.name: f.reason for f in report.failures}
+        assert set(reasons) == {p.name for p in broken.values()} | {"locked.jpg"}
+        assert "empty" in reasons["empty.jpg"]
+        assert "truncated" in reasons["truncated.jpg"]
+        assert "not an image" in reasons["random.jpg"] and "not an image" in reasons["notes.png"]
+        assert "decompression bomb" in reasons["bomb.png"]
+        assert "permission denied" in reasons["locked.jpg"]
+        failed = {p.path.name: p.error for p in index.iter_photos(status="failed")}
+        assert failed == reasons
+        # Failed photos are retried (and reported) on every scan, not silently skipped.
+        report, _, _ = _scan([library], index)
+        assert report.failed == 6 and report.unchanged == 3
+
+
+def test_unusual_valid_photos_are_indexed(tmp_path: Path) -> None:
+    root = tmp_path / "odd"
+    root.mkdir()
+    rgb = asymmetric_rgb(96, 64)
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg")
+    write_png16(root / "deep.png", (rgb.astype(np.uint16) * 257))
+    Image.fromarray(rgb[:, :, 0], "L").save(root / "grey.png")
+    Image.fromarray(np.dstack([rgb, np.full(rgb.shape[:2], 128, np.uint8)]), "RGBA").save(root / "alpha.png")
+    frames = [Image.fromarray(rgb), Image.fromarray(255 - rgb)]
+    frames[0].save(root / "anim.gif", save_all=True, append_images=frames[1:], duration=50)
+    frames[0].save(root / "anim.webp", save_all=True, append_images=frames[1:], duration=50)
+    for o in range(1, 9):
+        save_oriented(root / f"orient{o}.jpg", rgb, o, fmt="JPEG")
+    Image.fromarray(rgb).save(root / "名前 é.jpg")
+    Image.fromarray(rgb).save(root / os.fsdecode(b"latin1-\xe9.jpg"))
+    with LibraryIndex.open() as index:
+        report, _, _ = _scan([root], index)
+        assert report.failed == 0, report.failures
+        assert report.new == 16 and report.faces_found == 16
+        for photo in index.iter_photos():
+            assert (photo.width, photo.height) == (96, 64), photo.path
+        orientations = {p.path.name: p.orientation for p in index.iter_photos()}
+        assert [orientations[f"orient{o}.jpg"] for o in range(1, 9)] == list(range(1, 9))
+        assert index.get_photo_by_path(root / os.fsdecode(b"latin1-\xe9.jpg")) is not None
+
+
+def test_symlinked_file_is_indexed_once(library: Path) -> None:
+    (library / "link.jpg").symlink_to(library / "album0" / "p0.jpg")
+    with LibraryIndex.open() as index:
+        report, _, _ = _scan([library], index)
+        assert (report.photos, report.new) == (3, 3)
+
+
+def test_missing_path_is_a_usage_error(tmp_path: Path) -> None:
+    with LibraryIndex.open() as index:
+        with pytest.raises(UsageError):
+            _scan([tmp_path / "nope"], index)
+
+
+def test_real_detector_and_dlib_embedder_on_astronaut(tmp_path: Path) -> None:
+    from skimage.data import astronaut
+
+    Image.fromarray(astronaut()).save(tmp_path / "astronaut.png")
+    with LibraryIndex.open() as index:
+        report = scan_paths([tmp_path], index)
+        assert report.new == 1 and report.faces_found == 1 and report.embedder == "dlib"
+        (face,) = index.iter_faces()
+        assert face.embedding is not None and face.embedding.shape == (128,)
+        # The stored vector is what the embedder gives for that photo and face.
+        from hime_cli.faces.detect import get_detector
+        from hime_cli.faces.embed import get_embedder
+        from hime_cli.library.reader import load_image
+
+        rgb = load_image(tmp_path / "astronaut.png").rgb_uint8()
+        expected = get_embedder("dlib").embed(rgb, get_detector().detect(rgb)[:1])[0]
+        np.testing.assert_allclose(face.embedding, expected, atol=1e-5)
+        # The astronaut's face is in the upper middle of the 512 × 512 picture.
+        assert 150 < (face.box.x0 + face.box.x1) / 2 < 260 and 50 < (face.box.y0 + face.box.y1) / 2 < 160
+        assert 60 < face.size < 160 and face.score > 0.9 and face.sharpness > 0
+
+
+_KILL_SCRIPT = """
+import sys
+from hime_cli.library.index import LibraryIndex
+from hime_cli.library.scan import scan_paths
+from tests.library.fakes import CentreDetector, MeanColourEmbedder
+with LibraryIndex.open(sys.argv[1]) as index:
+    scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(delay_s=float(sys.argv[3])), detector=CentreDetector())
+"""
+
+
+def test_scan_killed_midway_leaves_consistent_index_and_resumes(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for i in range(12):
+        _photo(root / f"p{i:02d}.jpg", seed=i)
+    db = tmp_path / "index.sqlite3"
+    proc = subprocess.Popen([sys.executable, "-c", _KILL_SCRIPT, str(db), str(root), "0.15"], cwd=REPO_ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        done = 0
+        while time.monotonic() < deadline and proc.poll() is None:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as conn:
+                        done = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+                except sqlite3.OperationalError:
+                    done = 0
+            if done >= 3:
+                break
+            time.sleep(0.05)
+        assert proc.poll() is None, "the scan finished before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        assert conn.execute("PRAGMA foreign_key_check").fetchall() == []
+        indexed = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+        # Each indexed photo has exactly its one face: photo row and faces were written together.
+        per_photo = conn.execute(
+            "SELECT p.id, COUNT(f.id) FROM photos p LEFT JOIN faces f ON f.photo_id = p.id GROUP BY p.id"
+        ).fetchall()
+    assert 3 <= indexed < 12
+    assert all(n == 1 for _, n in per_photo)
+
+    with LibraryIndex.open(db) as index:  # the dead process's lock is gone
+        report, _, _ = _scan([root], index)
+        assert (report.unchanged, report.new) == (indexed, 12 - indexed)
+        assert index.count_photos() == 12 and index.count_faces() == 12
