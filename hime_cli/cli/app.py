@@ -5,7 +5,7 @@ from __future__ import annotations
 import typer
 
 from hime_cli import __version__
-from hime_cli.cli import bench, clusters, enhance, evaluate, faces, models, scan, system, train
+from hime_cli.cli import bench, clusters, enhance, evaluate, faces, models, restore, scan, system, train
 
 app = typer.Typer(
     name="hime",
@@ -25,7 +25,9 @@ def _version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True, help="Show the version."),
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Show the version."
+    ),
 ) -> None:
     """hime: reference-based super-resolution of the small faces in a photo library."""
 
@@ -36,6 +38,7 @@ faces.register(app)
 clusters.register(app)
 enhance.register(app)
 models.register(app)
+restore.register(app)
 train.register(app)
 evaluate.register(app)
 bench.register(app)
