@@ -1,9 +1,150 @@
-"""`hime scan` commands (being built; see the issue tracker)."""
+"""``hime scan PATH...``: index the photos under folders (faces, embeddings, metadata)."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
 import typer
+
+from hime_cli.cli.common import EXIT_FAILED, EXIT_OK, err, handle_errors, out, print_json, progress_enabled
+
+if TYPE_CHECKING:
+    from hime_cli.library.index import LibraryIndex
+    from hime_cli.library.scan import ScanEvent, ScanReport
+
+EMBEDDER_HELP = "Face embedder: dlib (default, works offline) or facenet (downloads its weights once)."
 
 
 def register(app: typer.Typer) -> None:
-    """Register this group's commands on the root app."""
+    @app.command("scan")
+    @handle_errors
+    def scan_cmd(
+        paths: list[Path] = typer.Argument(..., help="Folders (scanned recursively) or photo files."),
+        embedder: str = typer.Option("dlib", "--embedder", "-e", help=EMBEDDER_HELP),
+        force: bool = typer.Option(False, "--force", help="Re-process every photo, even unchanged ones."),
+        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    ) -> None:
+        """Index every photo under PATH: faces, sharpness, embeddings, EXIF. Re-runs skip unchanged photos.
+
+        Exit code 1 when some photos could not be read (listed in the summary), 0 otherwise.
+        """
+        from hime_cli.errors import UsageError
+        from hime_cli.faces.embed import EMBEDDERS
+        from hime_cli.library.index import LibraryIndex
+        from hime_cli.library.scan import scan_paths
+
+        if embedder not in EMBEDDERS:
+            raise UsageError(
+                f"unknown embedder {embedder!r}.", hint=f"choose one of: {', '.join(EMBEDDERS)}."
+            )
+        with LibraryIndex.open(lock_timeout=2.0) as index, _ScanProgress() as progress:
+            report = scan_paths(paths, index, embedder=embedder, progress=progress, force=force)
+            identities = _update_identities(index, report)
+        if json_out:
+            data = report.to_dict()
+            data["index"] = str(index.path)
+            data["identities"] = identities
+            print_json(data)
+        else:
+            _print_summary(report, identities)
+        raise typer.Exit(EXIT_FAILED if report.failures else EXIT_OK)
+
+
+class _ScanProgress:
+    """A rich progress bar on stderr (only on a terminal) and one line per failed photo."""
+
+    def __init__(self) -> None:
+        self._progress: Any = None
+        self._task: Any = None
+
+    def __enter__(self) -> _ScanProgress:
+        if progress_enabled():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("[bold]scan"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                TextColumn("{task.fields[name]}", style="dim"),
+                console=err,
+                transient=True,
+            )
+            self._progress.start()
+            self._task = self._progress.add_task("scan", total=None, name="")
+        return self
+
+    def __call__(self, event: ScanEvent) -> None:
+        from hime_cli.library.index import display_path
+
+        if event.outcome == "failed":
+            err.print(
+                f"[yellow]failed[/] {_escape(display_path(event.path))}: {_escape(event.error or '')}",
+                highlight=False,
+            )
+        if self._progress is not None:
+            self._progress.update(self._task, completed=event.done, total=event.total, name=event.path.name)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._progress is not None:
+            self._progress.stop()
+
+
+def _update_identities(index: LibraryIndex, report: ScanReport) -> dict[str, Any] | None:
+    """New faces join identities (the identities module does the clustering), when it is installed."""
+    if not report.changed:
+        return None
+    module = None
+    for name in ("hime_cli.identities.store", "hime_cli.identities.cluster"):
+        if importlib.util.find_spec(name) is not None:
+            candidate = importlib.import_module(name)
+            if hasattr(candidate, "update_identities"):
+                module = candidate
+                break
+    if module is None:
+        return None
+    result = module.update_identities(index, embedder=report.embedder)
+    return {
+        "new_faces": getattr(result, "new_faces", None),
+        "joined_existing": getattr(result, "joined_existing", None),
+        "new_identities": len(getattr(result, "new_identities", ()) or ()),
+    }
+
+
+def _print_summary(report: ScanReport, identities: dict[str, Any] | None) -> None:
+    from rich.table import Table
+
+    from hime_cli.library.index import display_path
+
+    table = Table(title="Scan summary", show_header=False, title_justify="left")
+    table.add_column(style="bold")
+    table.add_column(justify="right")
+    table.add_row("photos found", str(report.photos))
+    table.add_row("new", str(report.new))
+    table.add_row("updated", str(report.updated))
+    table.add_row("unchanged", str(report.unchanged))
+    table.add_row("moved", str(report.moved))
+    table.add_row("failed", f"[red]{report.failed}[/]" if report.failed else "0")
+    table.add_row("faces found", str(report.faces_found))
+    if report.missing:
+        table.add_row("missing (file gone)", str(report.missing))
+    if identities is not None and identities.get("new_faces") is not None:
+        table.add_row("new identities", str(identities["new_identities"]))
+    table.add_row("time", f"{report.duration_s:.1f} s")
+    out.print(table)
+    if report.failures:
+        failed = Table(title="Failed photos", title_justify="left")
+        failed.add_column("photo", overflow="fold")
+        failed.add_column("reason", overflow="fold")
+        for failure in report.failures:
+            failed.add_row(_escape(display_path(failure.path)), _escape(failure.reason))
+        out.print(failed)
+
+
+def _escape(text: str) -> str:
+    from rich.markup import escape
+
+    return escape(text)

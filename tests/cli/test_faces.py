@@ -1,0 +1,77 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from typer.testing import CliRunner
+
+from hime_cli.cli.app import app
+from hime_cli.library.index import LibraryIndex, ScannedFace
+from hime_cli.types import Box, DetectedFace
+
+runner = CliRunner()
+
+
+def _face(x0: float, side: float) -> ScannedFace:
+    lm = np.array([[0.3, 0.4], [0.7, 0.4], [0.5, 0.6], [0.35, 0.8], [0.65, 0.8]], np.float32) * side + [
+        x0,
+        10,
+    ]
+    return ScannedFace(
+        DetectedFace(Box(x0, 10, x0 + side, 10 + side), lm.astype(np.float32), 0.98), 7.5, None
+    )
+
+
+def test_faces_list_without_index_is_empty() -> None:
+    result = runner.invoke(app, ["faces", "list", "--json"])
+    assert result.exit_code == 0
+    assert json.loads(result.stdout) == []
+    assert "hime scan" in result.stderr
+
+
+def test_faces_list_json_fields_and_filters(tmp_path: Path) -> None:
+    photo = tmp_path / "p.jpg"
+    with LibraryIndex.open() as index:
+        pid, (small, big) = index.record_photo(
+            photo, [_face(5, 24), _face(60, 120)], size=1, mtime_ns=1, sha256=None, width=200, height=150
+        )
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO identities (name, created_at) VALUES ('Bo', 'now')")
+            conn.execute("UPDATE faces SET identity_id = 1 WHERE id = ?", (big,))
+    result = runner.invoke(app, ["faces", "list", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.stdout)
+    assert [r["face_id"] for r in rows] == [small, big]
+    assert set(rows[0]) == {"face_id", "photo", "box", "score", "size", "sharpness", "identity_id"}
+    assert rows[0]["photo"] == str(photo) and Path(rows[0]["photo"]).is_absolute()
+    assert rows[0]["box"] == [5.0, 10.0, 29.0, 34.0]
+    assert rows[0]["size"] == 24.0 and rows[0]["score"] == 0.98 and rows[0]["sharpness"] == 7.5
+    assert (rows[0]["identity_id"], rows[1]["identity_id"]) == (None, 1)
+    only = json.loads(runner.invoke(app, ["faces", "list", "--json", "--identity", "1"]).stdout)
+    assert [r["face_id"] for r in only] == [big]
+    small_only = json.loads(runner.invoke(app, ["faces", "list", "--json", "--max-size", "64"]).stdout)
+    assert [r["face_id"] for r in small_only] == [small]
+    table = runner.invoke(app, ["faces", "list"])
+    assert table.exit_code == 0 and "2 faces" in table.stdout and "p.jpg" in table.stdout
+
+
+def test_faces_list_after_a_real_scan_matches_the_photo(tmp_path: Path) -> None:
+    from skimage.data import astronaut
+
+    root = tmp_path / "photos"
+    root.mkdir()
+    # Stored rotated with EXIF orientation 6: boxes must be in the upright photo's pixels.
+    upright = astronaut()
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90).save(
+        root / "rot.jpg", exif=exif, quality=95
+    )
+    assert runner.invoke(app, ["scan", str(root)]).exit_code == 0
+    (row,) = json.loads(runner.invoke(app, ["faces", "list", "--json"]).stdout)
+    x0, y0, x1, y1 = row["box"]
+    # Upright, the astronaut's face is in the upper middle of the 512 × 512 picture.
+    assert 150 < (x0 + x1) / 2 < 260 and 50 < (y0 + y1) / 2 < 160
+    assert row["photo"] == str(root / "rot.jpg") and row["size"] > 50
