@@ -1,7 +1,7 @@
 """Time HIME architectures on CPU (or GPU) and print one JSON line per run.
 
     .venv/bin/python benchmarks/bench_sr.py                      # hime_small_x4, 16 faces x 3 refs, 2 threads
-    .venv/bin/python benchmarks/bench_sr.py --name hime_large_x4 --channels-last
+    .venv/bin/python benchmarks/bench_sr.py --name hime_large_x4 --contiguous
     .venv/bin/python benchmarks/bench_sr.py --set channels=32     # what-if: override config fields
     python benchmarks/bench_sr.py --device cuda --train --batch 32  # one training step on a GPU
 
@@ -34,7 +34,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
     parser.add_argument("--train", action="store_true", help="time a training step instead of inference")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (with --train)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
@@ -53,7 +53,7 @@ def main() -> None:
                 threads=args.threads,
                 repeats=args.repeats,
                 device=args.device,
-                channels_last=args.channels_last,
+                channels_last=not args.contiguous,
                 **overrides,
             )
         print(json.dumps(result), flush=True)

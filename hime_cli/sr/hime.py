@@ -101,8 +101,15 @@ class HIME(nn.Module):
             fused = f_lr  # no reference: the model runs on F^L alone
             aux["weights"] = lr.new_zeros(batch, n_refs, 1, height, width)
         else:
-            ref_rows = refs[index_b, index_n]  # only present references, folded into the batch (M, 3, H, W)
-            flow_rows = flows[index_b, index_n] if flows is not None else None
+            # only present references, folded into the batch: (M, 3, H, W), M = number present
+            ref_rows = refs.flatten(0, 1) if ref_mask is None else refs[index_b, index_n]
+            flow_rows = None
+            if flows is not None:
+                if tuple(flows.shape) != (batch, n_refs, 2, height, width):
+                    raise ValueError(
+                        f"flows must have shape {(batch, n_refs, 2, height, width)}, got {tuple(flows.shape)}"
+                    )
+                flow_rows = flows.flatten(0, 1) if ref_mask is None else flows[index_b, index_n]
             f_ref, ref_luma = self.hr_extractor(ref_rows)
             f_lr_rows = f_lr[index_b]
             lr_luma = rgb_to_luma(lr)[index_b]

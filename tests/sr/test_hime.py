@@ -210,3 +210,22 @@ def test_dconv_samples_in_float32_under_autocast():
     expected = deform_conv2d(x, offset, weight)
     actual = deform_conv2d(x.bfloat16(), offset.bfloat16(), weight.bfloat16())
     torch.testing.assert_close(actual.float(), expected, rtol=2e-2, atol=2e-2)
+
+
+@pytest.mark.parametrize("align", ["dconv", "dconv_flow"])
+def test_channels_last_gives_the_same_output(align):
+    model = _model(align=align)
+    lr, refs = _inputs(2, 3)
+    mask = torch.tensor([[True, False, True], [True, True, True]])
+    with torch.no_grad():
+        expected = model(lr, refs, mask)
+        model = model.to(memory_format=torch.channels_last)
+        actual = model(lr.contiguous(memory_format=torch.channels_last), refs, mask)
+    torch.testing.assert_close(actual, expected, rtol=1e-5, atol=1e-5)
+
+
+def test_wrong_flow_shape_raises():
+    model = _model(align="dconv_flow")
+    lr, refs = _inputs(1, 2)
+    with pytest.raises(ValueError, match="flows must have shape"):
+        model(lr, refs, flows=torch.zeros(1, 2, 2, 4, 4))
