@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/bench_sr.py --name hime_large_x4 --contiguous
     .venv/bin/python benchmarks/bench_sr.py --set channels=32     # what-if: override config fields
     python benchmarks/bench_sr.py --device cuda --train --batch 32  # one training step on a GPU
+    .venv/bin/python benchmarks/bench_sr.py --dconv              # deformable conv vs torchvision
 
 The budget for hime_small_x4 is <= 50 ms per face (batch 16, 3 refs, 2 threads). On a machine shared
 with other jobs the median is pessimistic; ``ms_per_face_best`` is the least disturbed run.
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from hime_cli.sr.bench import benchmark_sr, benchmark_train_step
+from hime_cli.sr.bench import benchmark_dconv, benchmark_sr, benchmark_train_step
 
 
 def _value(text: str) -> int | float | str:
@@ -37,9 +38,13 @@ def main() -> None:
     parser.add_argument("--contiguous", action="store_true", help="NCHW instead of channels_last")
     parser.add_argument("--train", action="store_true", help="time a training step instead of inference")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast (with --train)")
+    parser.add_argument("--dconv", action="store_true", help="deformable conv vs torchvision (CPU) only")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="config override")
     args = parser.parse_args()
     overrides = {key: _value(value) for key, value in (item.split("=", 1) for item in args.set)}
+    if args.dconv:
+        print(json.dumps(benchmark_dconv(threads=args.threads, repeats=args.repeats)), flush=True)
+        return
     for name in args.name or ["hime_small_x4"]:
         if args.train:
             result = benchmark_train_step(

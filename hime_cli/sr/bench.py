@@ -9,7 +9,7 @@ import torch
 from hime_cli.sr.complexity import count_complexity
 from hime_cli.sr.registry import create_model
 
-__all__ = ["benchmark_sr", "benchmark_train_step"]
+__all__ = ["benchmark_dconv", "benchmark_sr", "benchmark_train_step"]
 
 
 def benchmark_sr(
@@ -125,3 +125,35 @@ def benchmark_train_step(
         "peak_gib": None if peak is None else round(peak, 2),
         "params": sum(p.numel() for p in model.parameters()),
     }
+
+
+def benchmark_dconv(
+    rows: int = 48, channels: int = 36, size: int = 32, groups: int = 4, threads: int = 2, repeats: int = 5
+) -> dict:
+    """This module's deformable conv against ``torchvision.ops.deform_conv2d`` (inference, CPU)."""
+    from torchvision.ops import deform_conv2d as tv_deform_conv2d
+
+    from hime_cli.sr.dconv import deform_conv2d
+
+    generator = torch.Generator().manual_seed(0)
+    x = torch.rand(rows, channels, size, size, generator=generator)
+    weight = torch.rand(channels, channels, 3, 3, generator=generator)
+    offset = torch.randn(rows, 2 * groups * 9, size, size, generator=generator)
+    mask = torch.rand(rows, groups * 9, size, size, generator=generator)
+    previous_threads = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    result: dict = {"rows": rows, "channels": channels, "size": size, "groups": groups, "threads": threads}
+    try:
+        with torch.inference_mode():
+            for label, fn in (("hime_ms", deform_conv2d), ("torchvision_ms", tv_deform_conv2d)):
+                fn(x, offset, weight, padding=1, mask=mask)
+                times = []
+                for _ in range(repeats):
+                    start = time.perf_counter()
+                    fn(x, offset, weight, padding=1, mask=mask)
+                    times.append(time.perf_counter() - start)
+                result[label] = 1000 * sorted(times)[len(times) // 2]
+    finally:
+        torch.set_num_threads(previous_threads)
+    result["speedup"] = result["torchvision_ms"] / result["hime_ms"]
+    return result
