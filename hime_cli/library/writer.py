@@ -691,7 +691,9 @@ def _write_webp(buf, loaded, rgb, alpha, meta, source, quality) -> None:
 def _write_heif(buf, loaded, rgb, alpha, meta, source, quality) -> None:
     _register_heif()
     im = _pil_image(rgb, alpha, grey=False)
-    params: dict[str, Any] = {"quality": int(quality or DEFAULT_QUALITY)}
+    # x265's "medium" preset: measured 3.5x faster than libheif's default ("slow") on a 3 MP photo at
+    # quality 95, for +1 % file size and the same PSNR.
+    params: dict[str, Any] = {"quality": int(quality or DEFAULT_QUALITY), "enc_params": {"preset": "medium"}}
     _add_meta(params, meta, exif=True, xmp=True)
     im.save(buf, format="HEIF", **params)
 

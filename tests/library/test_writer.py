@@ -358,3 +358,57 @@ def test_missing_folder_and_bad_input_raise(tmp_path) -> None:
         encode_image(loaded, np.full_like(loaded.rgb, np.nan), None)
     with pytest.raises(ImageWriteError, match="shape"):
         encode_image(loaded, loaded.rgb[..., 0], None)
+
+
+# ------------------------------------------------------------------------- real photos (read in place)
+
+REAL_EXIF = [
+    "deepface_tests/img1.jpg",  # Canon, GPS
+    "deepface_tests/img26.jpg",  # Nikon, GPS
+    "immich_test_assets/albums/nature/prairie_falcon.jpg",  # Canon, GPS, XMP
+    "immich_test_assets/formats/webp/denali.webp",  # WebP with EXIF, ICC, XMP
+    pytest.param(  # iPhone HEIC: EXIF, GPS, ICC; 12 MP through x265 takes ~20 s here
+        "immich_test_assets/formats/heic/IMG_2682.heic", marks=pytest.mark.slow
+    ),
+]
+
+
+@pytest.mark.data
+@pytest.mark.parametrize("rel", REAL_EXIF)
+def test_real_photos_keep_date_camera_gps(shared_data, tmp_path, rel) -> None:
+    src = shared_data / "photos" / rel
+    loaded = load_image(src)
+    before = exif_of(src)
+    dest = tmp_path / src.name
+    save_image(loaded, loaded.rgb, None, dest)
+    after = exif_of(dest)
+    again = load_image(dest)
+    assert again.format == loaded.format and (again.width, again.height) == (loaded.width, loaded.height)
+    assert after.get(ExifTags.Base.Orientation, 1) == 1 and again.orientation == 1
+    for tag in (ExifTags.Base.Make, ExifTags.Base.Model, ExifTags.Base.DateTime):
+        assert after.get(tag) == before.get(tag)
+    assert after.get_ifd(IFD_EXIF).get(ExifTags.Base.DateTimeOriginal) == before.get_ifd(IFD_EXIF).get(
+        ExifTags.Base.DateTimeOriginal
+    )
+    assert after.get_ifd(IFD_GPS) == before.get_ifd(IFD_GPS)
+    assert again.icc_profile == loaded.icc_profile
+    assert (again.xmp is not None) == (loaded.xmp is not None)
+    min_psnr = 45.0 if loaded.format == "JPEG" else 30.0  # JPEG: the original tables are reused
+    assert psnr(again.rgb, loaded.rgb) > min_psnr
+
+
+@pytest.mark.data
+def test_real_orientation6_portrait_comes_out_upright(shared_data, tmp_path) -> None:
+    src = shared_data / "photos" / "immich_test_assets" / "metadata" / "faces" / "portrait-orientation-6.jpg"
+    upright = shared_data / "photos" / "immich_test_assets" / "metadata" / "faces" / "portrait.jpg"
+    loaded = load_image(src)
+    assert loaded.orientation == 6 and loaded.mode == "L"
+    dest = tmp_path / "portrait.jpg"
+    save_image(loaded, loaded.rgb, None, dest)
+    with Image.open(dest) as im:
+        assert im.mode == "L" and im.getexif().get(ExifTags.Base.Orientation, 1) == 1
+        pixels = np.asarray(im, np.float32) / 255
+    reference = load_image(upright)  # the same portrait stored upright
+    assert pixels.shape == reference.rgb.shape[:2]
+    assert np.corrcoef(pixels.ravel(), reference.rgb.mean(axis=2).ravel())[0, 1] > 0.9
+    assert b'tiff:Orientation="6"' not in (load_image(dest).xmp or b"")
