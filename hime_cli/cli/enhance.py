@@ -1,9 +1,283 @@
-"""`hime enhance` commands (being built; see the issue tracker)."""
+"""``hime enhance`` and ``hime compare``: sharpen the small faces of photos, or preview it side by side."""
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
 import typer
+
+from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, progress_enabled
+
+if TYPE_CHECKING:
+    from hime_cli.pipeline import EnhanceOptions, EnhanceReport, Progress
+
+PathsArg = Annotated[
+    list[Path], typer.Argument(help="Photos and folders (searched recursively).", show_default=False)
+]
+ScaleOpt = Annotated[
+    int, typer.Option("--scale", "-s", help="Upscaling factor of the whole photo: 2, 4 or 8.")
+]
+MaxFaceOpt = Annotated[
+    float | None,
+    typer.Option(
+        "--max-face",
+        help="Enhance faces up to this size (detection box side, input pixels). "
+        "Default: 128 at ×4, 256 at ×2, 64 at ×8 (see docs/enhance.md).",
+        show_default=False,
+    ),
+]
+MinScoreOpt = Annotated[float, typer.Option("--min-score", help="Minimum face detection score.")]
+MaxRefsOpt = Annotated[int, typer.Option("--max-refs", help="Exemplars per face (0: none).")]
+RefsOpt = Annotated[
+    Path | None,
+    typer.Option(
+        "--refs",
+        help="Folder of photos of the person: used as exemplars instead of the library index; "
+        "the face most like them is enhanced in each photo.",
+        show_default=False,
+    ),
+]
+AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="With --refs: enhance every small face.")]
+WeightsOpt = Annotated[
+    str | None,
+    typer.Option(
+        "--weights", help="Model weights: a registered NAME (`hime models list`) or a .safetensors PATH."
+    ),
+]
+DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
 
 
 def register(app: typer.Typer) -> None:
-    """Register this group's commands on the root app."""
+    """Register ``enhance`` and ``compare`` on the root app."""
+    app.command("enhance")(enhance_cmd)
+    app.command("compare")(compare_cmd)
+
+
+@handle_errors
+def enhance_cmd(
+    paths: PathsArg,
+    scale: ScaleOpt = 4,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Output folder (mirrors relative paths). Default: hime-enhanced/ next to each input.",
+            show_default=False,
+        ),
+    ] = None,
+    in_place: Annotated[
+        bool,
+        typer.Option(
+            "--in-place", help="Replace the originals (after a verified backup; `hime restore` undoes)."
+        ),
+    ] = False,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redo photos already enhanced with the same settings.")
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="List what would change; write nothing.")
+    ] = False,
+    max_face: MaxFaceOpt = None,
+    min_score: MinScoreOpt = 0.90,
+    max_refs: MaxRefsOpt = 3,
+    refs: RefsOpt = None,
+    all_faces: AllFacesOpt = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    compare: Annotated[
+        bool, typer.Option("--compare", help="Also write before/after face sheets (PNG + an HTML page).")
+    ] = False,
+    compare_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--compare-dir",
+            help="Where --compare writes (default: hime-compare/ next to the output).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    json_out: JsonOpt = False,
+) -> None:
+    """Upscale photos ×SCALE with their small faces super-resolved from the person's own photos.
+
+    Examples:
+
+      hime enhance ~/Pictures/2009 --scale 4
+
+      hime enhance --refs ~/refs/grandma old_scan.jpg --out enhanced/
+    """
+    from hime_cli.pipeline import EnhanceOptions
+
+    options = EnhanceOptions(
+        scale=scale,
+        out_dir=out_dir,
+        in_place=in_place,
+        force=force,
+        dry_run=dry_run,
+        max_face=max_face,
+        min_score=min_score,
+        max_refs=max_refs,
+        refs_dir=refs,
+        all_faces=all_faces,
+        weights=weights,
+        device=device,
+        compare=compare or compare_dir is not None,
+        compare_dir=compare_dir,
+    )
+    _run(paths, options, json_out)
+
+
+@handle_errors
+def compare_cmd(
+    paths: PathsArg,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Where to write the sheets (default: hime-compare/ next to each input).",
+            show_default=False,
+        ),
+    ] = None,  # fmt: skip
+    scale: ScaleOpt = 4,
+    max_face: MaxFaceOpt = None,
+    min_score: MinScoreOpt = 0.90,
+    max_refs: MaxRefsOpt = 3,
+    refs: RefsOpt = None,
+    all_faces: AllFacesOpt = False,
+    weights: WeightsOpt = None,
+    device: DeviceOpt = "auto",
+    json_out: JsonOpt = False,
+) -> None:
+    """Write side-by-side face crops (input bicubic | hime | exemplars) without touching any photo.
+
+    One PNG per photo plus an index.html to look at them in a browser.
+    """
+    from hime_cli.pipeline import EnhanceOptions
+
+    options = EnhanceOptions(
+        scale=scale,
+        max_face=max_face,
+        min_score=min_score,
+        max_refs=max_refs,
+        refs_dir=refs,
+        all_faces=all_faces,
+        weights=weights,
+        device=device,
+        compare=True,
+        compare_dir=out_dir,
+        write_photos=False,
+    )
+    _run(paths, options, json_out)
+
+
+def _setup_logging() -> None:
+    from rich.logging import RichHandler
+
+    logger = logging.getLogger("hime_cli")
+    if not any(isinstance(h, RichHandler) for h in logger.handlers):
+        handler = RichHandler(console=err, show_time=False, show_path=False, markup=False)
+        handler.setLevel(logging.INFO if _verbose() else logging.WARNING)
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO if _verbose() else logging.WARNING)
+
+
+def _verbose() -> bool:
+    import os
+
+    return bool(os.environ.get("HIME_DEBUG") or os.environ.get("HIME_VERBOSE"))
+
+
+def _run(paths: list[Path], options: EnhanceOptions, json_out: bool) -> None:
+    from hime_cli.pipeline import enhance
+
+    _setup_logging()
+    if progress_enabled():
+        report = _with_progress(paths, options)
+    else:
+        report = enhance(paths, options)
+    if json_out:
+        print_json(report.to_json())
+    else:
+        _print_report(report, options)
+    if report.failed:
+        raise typer.Exit(EXIT_FAILED)
+
+
+def _with_progress(paths: list[Path], options: EnhanceOptions) -> EnhanceReport:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+    from hime_cli.pipeline import enhance
+
+    columns = (
+        TextColumn("{task.description:<7}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        TextColumn("[dim]{task.fields[note]}"),
+    )
+    with Progress(*columns, console=err, transient=True) as bar:
+        photos = bar.add_task("photos", total=None, note="")
+        faces = bar.add_task("faces", total=None, note="")
+
+        def update(p: Progress) -> None:  # type: ignore[no-redef]
+            bar.update(photos, total=p.photos_total, completed=p.photos_done, note=p.message)
+            bar.update(faces, total=max(p.faces_total, 1), completed=p.faces_done, note="")
+
+        return enhance(paths, options, update)
+
+
+def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
+    from rich.table import Table
+
+    if options.dry_run:
+        table = Table(title="Would enhance", box=None, pad_edge=False)
+        for col in ("photo", "output", "faces", "without refs", "left alone"):
+            table.add_column(col, overflow="fold")
+        for p in report.photos:
+            if p.status == "dry-run":
+                left = len(p.faces) - p.faces_enhanced
+                table.add_row(
+                    str(p.source), str(p.dest), str(p.faces_enhanced), str(p.faces_without_refs), str(left)
+                )
+        out.print(table)
+    summary = Table(title=f"hime enhance ×{report.scale}", box=None, pad_edge=False, show_header=False)
+    summary.add_column(style="bold")
+    summary.add_column(justify="right")
+    rows = [
+        ("photos done", report.count("done")),
+        ("skipped (already done)", report.count("skipped")),
+        ("failed", report.count("failed")),
+        ("faces enhanced", report.faces_enhanced),
+        ("faces without references", report.faces_without_refs),
+    ]
+    if options.dry_run:
+        rows.insert(0, ("photos to enhance", report.count("dry-run")))
+    for name, value in rows:
+        summary.add_row(name, str(value))
+    summary.add_row("model", f"{report.model or '-'} on {report.device or '-'}")
+    summary.add_row("time", f"{report.seconds:.1f} s (SR {report.sr_seconds:.1f} s)")
+    out.print(summary)
+    failed = [p for p in report.photos if p.status == "failed"]
+    if failed:
+        table = Table(title="Failed", box=None, pad_edge=False)
+        table.add_column("photo", overflow="fold")
+        table.add_column("reason", overflow="fold")
+        for p in failed:
+            table.add_row(str(p.source), p.reason or "")
+        out.print(table)
+    if report.compare_index is not None:
+        out.print(f"Before/after sheets: {report.compare_index}", highlight=False)
+    written = {p.dest.parent for p in report.photos if p.status == "done" and p.dest is not None}
+    if written and options.write_photos and not options.in_place:
+        roots = sorted({str(_common_root(written))})
+        out.print(f"Enhanced photos in: {', '.join(roots)}", highlight=False)
+
+
+def _common_root(folders: set[Path]) -> Path:
+    import os
+
+    return Path(os.path.commonpath([str(f) for f in folders]))

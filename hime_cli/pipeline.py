@@ -1,0 +1,1212 @@
+"""``hime enhance`` orchestration: photos in, photos ×scale out with their small faces super-resolved.
+
+For every input photo (files and folders, recursively):
+
+1. **Plan**: where the output goes (``--out DIR`` mirroring relative paths, a ``hime-enhanced/``
+   folder next to each input root by default, or the photo itself with ``--in-place``), and whether
+   a previous run already produced it with the same settings (the ledger; ``--force`` redoes it).
+2. **Faces**: from the library index (photos not yet in it are scanned first, new faces placed
+   into identities), or, with ``--refs DIR``, detected here and matched to the faces in DIR.
+   A face is enhanced when its detection score is at least ``min_score`` and its size (the larger
+   side of its detection box, in input pixels) at most ``max_face``.
+3. **Exemplars**: up to ``max_refs`` crops of the same person from other photos
+   (:func:`hime_cli.identities.exemplars.rank_exemplars`: resolution, sharpness, detection score,
+   pose), never from the same photo nor from a copy of it (a resized export of the same shot).
+4. **SR**: each face is cropped with the project's one crop policy (``faces.align``) at
+   ``L = max(128 / model_scale, ceil(region))`` pixels; faces of many photos are batched by ``L``
+   (:mod:`hime_cli.sr.inference`).
+5. **Paste-back**: the whole photo is upscaled with Lanczos, each SR face is colour-matched and
+   blended in through the inverse crop transform with a feathered mask (:mod:`hime_cli.sr.pasteback`).
+6. **Write**: same format and extension, metadata kept (``library.writer``), atomically; in place
+   only after a verified backup (``library.backup``).
+
+Nothing here prints: progress goes to a callback, results come back as frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import html
+import io
+import json
+import logging
+import math
+import os
+import sqlite3
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field, replace
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from hime_cli.errors import HimeError, UsageError
+from hime_cli.faces.align import alignment_matrix, region_size, warp_to_crop
+from hime_cli.paths import get_paths
+from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
+from hime_cli.types import DetectedFace, Face, LoadedImage
+
+if TYPE_CHECKING:
+    from hime_cli.library.index import LibraryIndex
+    from hime_cli.sr.inference import FaceSuperResolver
+
+log = logging.getLogger(__name__)
+
+SCALES = (2, 4, 8)
+OUTPUT_FOLDER = "hime-enhanced"
+COMPARE_FOLDER = "hime-compare"
+DEFAULT_MIN_SCORE = 0.90
+DEFAULT_MAX_REFS = 3
+# Provisional until measured with the released weights (docs/enhance.md): faces up to 128 input
+# pixels at ×4, i.e. an output face of at most 4 × 128 px; ×2 and ×8 keep the same output bound.
+_DEFAULT_MAX_FACE = {2: 256.0, 4: 128.0, 8: 64.0}
+# A reference folder face must be at least this close (dlib distance) to be "the person".
+REFS_MATCH_DISTANCE = 0.60
+# Two crops this similar (see _same_shot) are the same shot, e.g. a resized export of the photo
+# being enhanced: never a reference.
+SAME_SHOT_DIFF = 0.075
+# An exemplar should have at least the SR crop's resolution; when too few do, ones with this
+# fraction of it still carry far more detail than the input face and fill the quota.
+REF_MIN_FRACTION = 0.75
+# How many faces of how many photos one SR round gathers (faces of many photos share batches).
+CHUNK_FACES = 64
+CHUNK_PHOTOS = 16
+
+
+def default_max_face(scale: int) -> float:
+    """Default ``--max-face`` (detection box side, input pixels) for an output scale."""
+    return _DEFAULT_MAX_FACE[scale]
+
+
+# ---------------------------------------------------------------------------------- options
+
+
+@dataclass(frozen=True)
+class EnhanceOptions:
+    scale: int = 4
+    out_dir: Path | None = None
+    in_place: bool = False
+    force: bool = False
+    dry_run: bool = False
+    max_face: float | None = None  # None: default_max_face(scale)
+    min_score: float = DEFAULT_MIN_SCORE
+    max_refs: int = DEFAULT_MAX_REFS
+    refs_dir: Path | None = None
+    all_faces: bool = False  # with refs_dir: every small face, not only the best match
+    weights: str | None = None
+    device: str = "auto"
+    compare: bool = False  # write before/after sheets
+    compare_dir: Path | None = None
+    write_photos: bool = True  # False: `hime compare` (sheets only)
+    paste: PasteOptions = field(default_factory=PasteOptions)
+    batch_pixels: int | None = None
+
+    @property
+    def face_limit(self) -> float:
+        return self.max_face if self.max_face is not None else default_max_face(self.scale)
+
+    def settings_key(self) -> str:
+        """What makes two runs produce the same output (the re-run skip compares it)."""
+        from hime_cli import __version__
+
+        refs = None
+        if self.refs_dir is not None:
+            refs = [
+                (os.fspath(p), p.stat().st_size, p.stat().st_mtime_ns) for p in _list_photos([self.refs_dir])
+            ]
+        settings = {
+            "version": __version__,
+            "scale": self.scale,
+            "max_face": self.face_limit,
+            "min_score": self.min_score,
+            "max_refs": self.max_refs,
+            "refs": refs,
+            "all_faces": self.all_faces,
+            "weights": self.weights,
+            "paste": asdict(self.paste),
+        }
+        return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+# ---------------------------------------------------------------------------------- reports
+
+
+@dataclass(frozen=True)
+class FaceReport:
+    box: tuple[float, float, float, float]
+    size: float  # detection box side, input pixels
+    score: float
+    status: str  # enhanced | would-enhance | too-large | low-score | not-target | failed
+    identity_id: int | None = None
+    lr_size: int | None = None
+    refs: tuple[str, ...] = ()  # photo paths of the exemplars used
+    reason: str | None = None
+
+    @property
+    def enhanced(self) -> bool:
+        return self.status in ("enhanced", "would-enhance")
+
+
+@dataclass(frozen=True)
+class PhotoReport:
+    source: Path
+    dest: Path | None
+    status: str  # done | skipped | failed | dry-run
+    reason: str | None = None
+    faces: tuple[FaceReport, ...] = ()
+    size: tuple[int, int] | None = None  # input (width, height)
+    out_size: tuple[int, int] | None = None
+    compare: Path | None = None
+    seconds: float = 0.0
+
+    @property
+    def faces_enhanced(self) -> int:
+        return sum(1 for f in self.faces if f.enhanced)
+
+    @property
+    def faces_without_refs(self) -> int:
+        return sum(1 for f in self.faces if f.enhanced and not f.refs)
+
+
+@dataclass(frozen=True)
+class EnhanceReport:
+    photos: tuple[PhotoReport, ...]
+    scale: int
+    max_face: float
+    model: str | None
+    device: str | None
+    seconds: float
+    sr_seconds: float = 0.0
+    compare_index: Path | None = None
+
+    def count(self, status: str) -> int:
+        return sum(1 for p in self.photos if p.status == status)
+
+    @property
+    def faces_enhanced(self) -> int:
+        return sum(p.faces_enhanced for p in self.photos)
+
+    @property
+    def faces_without_refs(self) -> int:
+        return sum(p.faces_without_refs for p in self.photos)
+
+    @property
+    def failed(self) -> bool:
+        return any(p.status == "failed" for p in self.photos)
+
+    def to_json(self) -> dict[str, Any]:
+        def face(f: FaceReport) -> dict[str, Any]:
+            return {
+                "box": [round(v, 1) for v in f.box],
+                "size": round(f.size, 1),
+                "score": round(f.score, 4),
+                "status": f.status,
+                "identity_id": f.identity_id,
+                "lr_size": f.lr_size,
+                "refs": list(f.refs),
+                "reason": f.reason,
+            }
+
+        return {
+            "scale": self.scale,
+            "max_face": self.max_face,
+            "model": self.model,
+            "device": self.device,
+            "seconds": round(self.seconds, 3),
+            "sr_seconds": round(self.sr_seconds, 3),
+            "compare_index": str(self.compare_index) if self.compare_index else None,
+            "summary": {
+                "photos": len(self.photos),
+                "done": self.count("done"),
+                "skipped": self.count("skipped"),
+                "failed": self.count("failed"),
+                "dry_run": self.count("dry-run"),
+                "faces_enhanced": self.faces_enhanced,
+                "faces_without_refs": self.faces_without_refs,
+            },
+            "photos": [
+                {
+                    "source": str(p.source),
+                    "dest": str(p.dest) if p.dest else None,
+                    "status": p.status,
+                    "reason": p.reason,
+                    "size": list(p.size) if p.size else None,
+                    "out_size": list(p.out_size) if p.out_size else None,
+                    "compare": str(p.compare) if p.compare else None,
+                    "seconds": round(p.seconds, 3),
+                    "faces": [face(f) for f in p.faces],
+                }
+                for p in self.photos
+            ],
+        }
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Counters handed to the progress callback after every step."""
+
+    photos_total: int
+    photos_done: int
+    faces_total: int  # faces planned so far (grows as photos are read)
+    faces_done: int
+    message: str = ""
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+# ---------------------------------------------------------------------------------- planning
+
+
+@dataclass(frozen=True)
+class PlannedPhoto:
+    source: Path
+    dest: Path
+    relative: Path  # mirrored path under the output root (also names the compare sheet)
+    compare_root: Path
+
+
+def _list_photos(paths: Sequence[Path]) -> list[Path]:
+    from hime_cli.library.reader import iter_photos
+
+    return list(iter_photos(paths))
+
+
+def _output_roots(root: Path, options: EnhanceOptions) -> tuple[Path, Path]:
+    """(output root, compare-sheet root) for one input root (a folder or a photo), both absolute.
+
+    By default a folder ``D`` goes to ``D/../hime-enhanced/D.name/`` and a photo ``P`` to
+    ``P/../hime-enhanced/``; sheets go to the same places under ``hime-compare/``. With ``--out DIR``
+    the folder's content is mirrored in ``DIR`` and sheets go to ``DIR/hime-compare/``.
+    """
+    base = root.parent
+    tail = root.name if root.is_dir() else None
+
+    def beside(folder: str) -> Path:
+        return base / folder / tail if tail else (base / folder)
+
+    if options.in_place:
+        out_root = root if root.is_dir() else base
+        compare = beside(COMPARE_FOLDER)
+    elif options.out_dir is not None:
+        out_root = options.out_dir.expanduser().resolve()
+        compare = out_root / COMPARE_FOLDER
+    else:
+        out_root = beside(OUTPUT_FOLDER)
+        compare = beside(COMPARE_FOLDER)
+    if options.compare_dir is not None:
+        compare = options.compare_dir.expanduser().resolve()
+    return out_root, compare
+
+
+def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[PlannedPhoto | PhotoReport]:
+    """Every input photo with its destination, in input order; unusable inputs as failed reports.
+
+    Folders mirror their relative paths under the output root. Two inputs mapping to one output
+    are a usage error (say ``--out`` per input root, or pass the folders separately).
+    """
+    from hime_cli.library.reader import is_image_path
+
+    planned: list[PlannedPhoto | PhotoReport] = []
+    seen: dict[Path, Path] = {}
+    excluded = [p.expanduser().resolve() for p in (options.out_dir, options.compare_dir) if p is not None]
+    for raw in paths:
+        root = Path(raw).expanduser()
+        if not os.path.lexists(root):
+            raise UsageError(
+                f"no such file or folder: {root}", hint="check the paths given to `hime enhance`."
+            )
+        out_root, compare_root = _output_roots(root.resolve(), options)
+        if root.is_dir():
+            sources = [p for p in _list_photos([root]) if not _inside_any(p.resolve(), excluded)]
+        else:
+            sources = [root]
+        for source in sources:
+            if root.is_dir():
+                relative = source.relative_to(root)
+            else:
+                relative = Path(source.name)
+            if not root.is_dir() and not is_image_path(source):
+                planned.append(PhotoReport(source, None, "failed", "not a supported image file"))
+                continue
+            dest = source if options.in_place else out_root / relative
+            key = dest.resolve()
+            if key in seen and seen[key] != source.resolve():
+                raise UsageError(
+                    f"{seen[key]} and {source} would both be written to {dest}.",
+                    hint="enhance them in separate runs or with different --out folders.",
+                )
+            if not options.in_place and key == source.resolve():
+                raise UsageError(
+                    f"the output {dest} is the input itself.", hint="use --in-place to replace originals."
+                )
+            seen[key] = source.resolve()
+            planned.append(PlannedPhoto(source, dest, relative, compare_root))
+    return planned
+
+
+def _inside_any(path: Path, folders: Sequence[Path]) -> bool:
+    return any(path == f or f in path.parents for f in folders)
+
+
+# ---------------------------------------------------------------------------------- ledger
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class EnhanceLedger:
+    """What earlier runs produced: output path → (settings, source hash, output hash).
+
+    A photo is skipped when its output exists, was written by a run with the same settings, still
+    has the content that run wrote, and (for ``--out``) comes from an unchanged source. The
+    output's hash is recorded *before* the file is moved into place, so a run killed between the
+    rename and the bookkeeping still recognises its work (and never enhances a photo twice).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or (get_paths().data_dir / "enhance-ledger.sqlite3")
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+        self._conn.execute("PRAGMA journal_mode=WAL")
+        self._conn.execute(
+            "CREATE TABLE IF NOT EXISTS outputs (dest BLOB PRIMARY KEY, settings TEXT NOT NULL,"
+            " source_sha TEXT, dest_sha TEXT NOT NULL, dest_size INTEGER, dest_mtime_ns INTEGER,"
+            " finished_at TEXT)"
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    @staticmethod
+    def _key(path: Path) -> bytes:
+        return os.fsencode(os.path.abspath(path))
+
+    def is_done(self, source: Path, dest: Path, settings: str, in_place: bool) -> bool:
+        row = self._conn.execute(
+            "SELECT settings, source_sha, dest_sha, dest_size, dest_mtime_ns FROM outputs WHERE dest = ?",
+            (self._key(dest),),
+        ).fetchone()
+        if row is None or row[0] != settings:
+            return False
+        try:
+            st = dest.stat()
+        except OSError:
+            return False
+        same_stamp = row[3] == st.st_size and row[4] == st.st_mtime_ns
+        if not same_stamp and file_sha256(dest) != row[2]:
+            return False
+        if not in_place and row[1] is not None:
+            try:
+                return file_sha256(source) == row[1]
+            except OSError:
+                return False
+        return True
+
+    def expect(self, dest: Path, settings: str, source_sha: str | None, dest_sha: str) -> None:
+        """Record the output about to be moved into place (stamp filled in by :meth:`finish`)."""
+        self._conn.execute(
+            "INSERT OR REPLACE INTO outputs (dest, settings, source_sha, dest_sha, dest_size, dest_mtime_ns,"
+            " finished_at) VALUES (?, ?, ?, ?, NULL, NULL, NULL)",
+            (self._key(dest), settings, source_sha, dest_sha),
+        )
+
+    def finish(self, dest: Path) -> None:
+        st = dest.stat()
+        self._conn.execute(
+            "UPDATE outputs SET dest_size = ?, dest_mtime_ns = ?, finished_at = ? WHERE dest = ?",
+            (
+                st.st_size,
+                st.st_mtime_ns,
+                datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                self._key(dest),
+            ),
+        )
+
+
+# ---------------------------------------------------------------------------------- faces
+
+
+@dataclass(frozen=True)
+class TargetFace:
+    """A face of an input photo, with what is known about its identity."""
+
+    detected: DetectedFace
+    face_id: int | None = None
+    identity_id: int | None = None
+    embedding: np.ndarray | None = None
+    photo_id: int | None = None  # index id of its photo (never an exemplar source for it)
+
+
+class ImageCache:
+    """A few decoded exemplar photos (decoding a big JPEG costs more than cropping it many times)."""
+
+    def __init__(self, capacity: int = 6) -> None:
+        self.capacity = capacity
+        self._items: OrderedDict[Path, np.ndarray] = OrderedDict()
+
+    def get(self, path: Path) -> np.ndarray:
+        from hime_cli.library.reader import load_image
+
+        if path in self._items:
+            self._items.move_to_end(path)
+            return self._items[path]
+        rgb = load_image(path).rgb
+        self._items[path] = rgb
+        while len(self._items) > self.capacity:
+            self._items.popitem(last=False)
+        return rgb
+
+
+class ExemplarSource:
+    """Finds the faces of an input photo and exemplar candidates for them."""
+
+    def faces(self, source: Path, loaded: LoadedImage) -> list[TargetFace]:
+        raise NotImplementedError
+
+    def candidates(self, target: TargetFace) -> list[Face]:
+        raise NotImplementedError
+
+    def targets(self, faces: list[TargetFace], options: EnhanceOptions) -> set[int]:
+        """Indices of the faces that are the subject of this run (all, by default)."""
+        return set(range(len(faces)))
+
+    def close(self) -> None:
+        pass
+
+
+def _detect_and_embed(rgb: np.ndarray) -> tuple[list[DetectedFace], np.ndarray]:
+    from hime_cli.faces.detect import get_detector, to_uint8
+    from hime_cli.faces.embed import get_embedder
+
+    detected = get_detector().detect(rgb)
+    if not detected:
+        return [], np.zeros((0, 128), np.float32)
+    return detected, get_embedder("dlib").embed(to_uint8(rgb), detected)
+
+
+@functools.lru_cache(maxsize=32)
+def _analyse_ref_photo(
+    path: Path, size: int, mtime_ns: int
+) -> tuple[np.ndarray, list[DetectedFace], np.ndarray]:
+    """(rgb, faces, embeddings) of a reference photo, cached per process by its stamp."""
+    from hime_cli.library.reader import load_image
+
+    rgb = load_image(path).rgb
+    rgb.flags.writeable = False
+    detected, emb = _detect_and_embed(rgb)
+    return rgb, detected, emb
+
+
+class RefsFolderSource(ExemplarSource):
+    """``--refs DIR``: the person is whoever the photos in DIR show; exemplars are their faces."""
+
+    def __init__(self, refs_dir: Path) -> None:
+        from hime_cli.faces.quality import sharpness
+
+        paths = _list_photos([refs_dir])
+        if not paths:
+            raise UsageError(
+                f"no photos found in {refs_dir}.", hint="--refs needs a folder of photos of the person."
+            )
+        per_photo: list[tuple[Path, np.ndarray, list[DetectedFace], np.ndarray]] = []
+        for path in paths:
+            try:
+                st = path.stat()
+                rgb, detected, emb = _analyse_ref_photo(path, st.st_size, st.st_mtime_ns)
+            except (HimeError, OSError) as exc:
+                log.warning("refs: skipping %s: %s", path, exc)
+                continue
+            if detected:
+                per_photo.append((path, rgb, detected, emb))
+        if not per_photo:
+            raise UsageError(
+                f"no face found in the photos of {refs_dir}.", hint="use clear photos of the person."
+            )
+        # The person: the medoid of each photo's largest face, then in every photo the face nearest it.
+        seeds = np.stack([emb[0] for _, _, _, emb in per_photo])
+        dists = np.linalg.norm(seeds[:, None] - seeds[None], axis=-1)
+        self.centre = seeds[int(dists.sum(1).argmin())]
+        faces: list[Face] = []
+        embeddings: list[np.ndarray] = []
+        for photo_index, (path, rgb, detected, emb) in enumerate(per_photo):
+            d = np.linalg.norm(emb - self.centre, axis=1)
+            best = int(d.argmin())
+            if d[best] > REFS_MATCH_DISTANCE and len(per_photo) > 1:
+                log.warning("refs: %s shows no face like the others (distance %.2f); skipped", path, d[best])
+                continue
+            f = detected[best]
+            faces.append(
+                Face(
+                    id=-(len(faces) + 1),
+                    photo_id=-(photo_index + 1),
+                    photo_path=path,
+                    box=f.box,
+                    landmarks=f.landmarks,
+                    score=f.score,
+                    size=f.size,
+                    sharpness=sharpness(rgb, f),
+                    embedding=emb[best],
+                )
+            )
+            embeddings.append(emb[best])
+        self.ref_faces = faces
+        self.embeddings = np.stack(embeddings)
+        self.centre = self.embeddings.mean(0)
+        log.info("refs: %d reference faces from %d photos in %s", len(faces), len(paths), refs_dir)
+
+    def faces(self, source: Path, loaded: LoadedImage) -> list[TargetFace]:
+        detected, emb = _detect_and_embed(loaded.rgb)
+        return [TargetFace(d, embedding=e) for d, e in zip(detected, emb, strict=True)]
+
+    def distance(self, face: TargetFace) -> float:
+        if face.embedding is None:
+            return math.inf
+        return float(np.linalg.norm(self.embeddings - face.embedding, axis=1).mean())
+
+    def targets(self, faces: list[TargetFace], options: EnhanceOptions) -> set[int]:
+        if options.all_faces or not faces:
+            return set(range(len(faces)))
+        distances = [self.distance(f) for f in faces]
+        best = int(np.argmin(distances))
+        return {best}
+
+    def candidates(self, target: TargetFace) -> list[Face]:
+        # Source faces never share a photo id with the target (negative ids are the refs' own).
+        return [replace(f, identity_id=None) for f in self.ref_faces]
+
+
+class IndexSource(ExemplarSource):
+    """The library index: faces and identities from ``hime scan``; exemplars from the identity."""
+
+    def __init__(
+        self, photos: Sequence[Path], dry_run: bool, progress: Callable[[str], None] | None = None
+    ) -> None:
+        from hime_cli.library.index import LibraryIndex
+
+        self.dry_run = dry_run
+        self.index: LibraryIndex | None
+        if dry_run:
+            try:
+                self.index = LibraryIndex.open(readonly=True)
+            except HimeError:
+                self.index = None
+        else:
+            self.index = LibraryIndex.open(lock_timeout=30.0)
+            self._scan_missing(photos, progress)
+        self._identified: tuple[np.ndarray, list[int]] | None = None
+
+    def close(self) -> None:
+        if self.index is not None:
+            self.index.close()
+
+    def _fresh(self, path: Path) -> int | None:
+        """Index id of ``path`` when it is indexed and unchanged since (size and mtime)."""
+        if self.index is None:
+            return None
+        record = self.index.get_photo_by_path(os.path.realpath(path))
+        if record is None or record.status != "ok":
+            return None
+        st = path.stat()
+        if record.size_bytes != st.st_size or record.mtime_ns != st.st_mtime_ns:
+            return None
+        return record.id
+
+    def _scan_missing(self, photos: Sequence[Path], progress: Callable[[str], None] | None) -> None:
+        from hime_cli.identities.store import update_identities
+        from hime_cli.library.scan import scan_paths
+
+        missing = [p for p in photos if self._fresh(p) is None]
+        if not missing:
+            return
+        assert self.index is not None
+        report = scan_paths(
+            missing,
+            self.index,
+            progress=(lambda e: progress(f"scanning {e.done}/{e.total}: {e.path.name}"))
+            if progress
+            else None,
+        )
+        for failure in report.failures:
+            log.warning("scan: %s: %s", failure.path, failure.reason)
+        if report.changed:
+            if progress:
+                progress("placing new faces into identities")
+            update_identities(self.index)
+
+    def faces(self, source: Path, loaded: LoadedImage) -> list[TargetFace]:
+        photo_id = self._fresh(source)
+        if photo_id is not None and self.index is not None:
+            return [
+                TargetFace(
+                    DetectedFace(f.box, np.asarray(f.landmarks, np.float32), f.score),
+                    face_id=f.id,
+                    identity_id=f.identity_id,
+                    embedding=f.embedding,
+                    photo_id=f.photo_id,
+                )
+                for f in self.index.faces_for_photo(photo_id)
+            ]
+        # Dry run on a photo the index does not know: detect here, guess the identity.
+        detected, emb = _detect_and_embed(loaded.rgb)
+        return [
+            TargetFace(d, embedding=e, identity_id=self._nearest_identity(e))
+            for d, e in zip(detected, emb, strict=True)
+        ]
+
+    def _nearest_identity(self, embedding: np.ndarray) -> int | None:
+        from hime_cli.identities.store import threshold_for
+
+        if self.index is None:
+            return None
+        if self._identified is None:
+            faces = [
+                f
+                for f in self.index.iter_faces(embedder="dlib")
+                if f.identity_id is not None and f.embedding is not None
+            ]
+            emb = np.stack([f.embedding for f in faces]) if faces else np.zeros((0, 128), np.float32)
+            self._identified = (emb, [int(f.identity_id) for f in faces])  # type: ignore[arg-type]
+        emb, ids = self._identified
+        if not ids:
+            return None
+        d = np.linalg.norm(emb - embedding, axis=1)
+        best = int(d.argmin())
+        return ids[best] if d[best] < threshold_for("dlib") else None
+
+    def candidates(self, target: TargetFace) -> list[Face]:
+        if self.index is None or target.identity_id is None:
+            return []
+        return list(self.index.iter_faces(identity_id=target.identity_id, with_embeddings=False))
+
+
+# ---------------------------------------------------------------------------------- one photo
+
+
+@dataclass
+class FaceWork:
+    """One face on its way through SR (mutable scratch, local to a run)."""
+
+    photo_index: int
+    face_index: int
+    landmarks: np.ndarray
+    lr_size: int
+    lr: np.ndarray
+    refs: list[np.ndarray]
+    ref_paths: list[str]
+    sr: np.ndarray | None = None
+
+
+@dataclass
+class PhotoWork:
+    plan: PlannedPhoto
+    loaded: LoadedImage
+    faces: list[TargetFace]
+    reports: list[FaceReport]
+    started: float
+    works: list[FaceWork] = field(default_factory=list)
+
+
+def _same_shot(lr_crop: np.ndarray, ref_crop: np.ndarray) -> bool:
+    """Is ``ref_crop`` (at L·s) the same picture as ``lr_crop`` (at L)? Both aligned with one policy.
+
+    Mean absolute difference of the zero-mean grey crops at the LR size, after a 1 px blur that
+    absorbs the landmark jitter of a small face. On celeba-wild dev (12 identities, faces ≥ 100 px
+    downscaled ×4) a photo against its own original scores 0.011-0.064, against other photos of the
+    same person 0.089 and up (except near-duplicate shots, 0.017-0.026, which are copies too).
+    """
+    import cv2
+
+    size = lr_crop.shape[0]
+    small = cv2.resize(ref_crop, (size, size), interpolation=cv2.INTER_AREA)
+    weights = np.array([0.299, 0.587, 0.114], np.float32)
+    a = cv2.GaussianBlur(lr_crop @ weights, (0, 0), 1.0)
+    b = cv2.GaussianBlur(small @ weights, (0, 0), 1.0)
+    diff = float(np.abs((a - a.mean()) - (b - b.mean())).mean())
+    return diff < SAME_SHOT_DIFF
+
+
+class Enhancer:
+    """Runs the pipeline for one set of options (see :func:`enhance`)."""
+
+    def __init__(self, options: EnhanceOptions, progress: ProgressCallback | None = None) -> None:
+        if options.scale not in SCALES:
+            raise UsageError(f"--scale must be 2, 4 or 8, not {options.scale}.")
+        if options.in_place and options.out_dir is not None:
+            raise UsageError("--in-place and --out cannot be used together.")
+        if options.in_place and not options.write_photos:
+            raise UsageError("--in-place makes no sense when no photos are written.")
+        if options.max_refs < 0:
+            raise UsageError("--max-refs must be 0 or more.")
+        if not 0.0 <= options.min_score <= 1.0:
+            raise UsageError("--min-score must be between 0 and 1.")
+        if options.face_limit <= 0:
+            raise UsageError("--max-face must be positive.")
+        if options.refs_dir is not None and not options.refs_dir.is_dir():
+            raise UsageError(f"--refs {options.refs_dir} is not a folder.")
+        if options.all_faces and options.refs_dir is None:
+            raise UsageError("--all-faces only applies with --refs.")
+        self.options = options
+        self._callback = progress
+        self._counters = Progress(0, 0, 0, 0)
+        self.model: FaceSuperResolver | None = None
+        self.sr_seconds = 0.0
+        self.images = ImageCache()
+
+    # progress --------------------------------------------------------------------------------
+
+    def _emit(self, **changes: Any) -> None:
+        self._counters = replace(self._counters, **changes)
+        if self._callback is not None:
+            self._callback(self._counters)
+
+    # main ------------------------------------------------------------------------------------
+
+    def run(self, paths: Sequence[Path]) -> EnhanceReport:
+        start = time.perf_counter()
+        opts = self.options
+        planned = plan_outputs(paths, opts)
+        reports: dict[int, PhotoReport] = {}
+        todo: list[tuple[int, PlannedPhoto]] = []
+        settings = opts.settings_key()
+        ledger = EnhanceLedger() if opts.write_photos and not opts.dry_run else None
+        try:
+            for i, item in enumerate(planned):
+                if isinstance(item, PhotoReport):
+                    reports[i] = item
+                elif (
+                    ledger is not None
+                    and not opts.force
+                    and ledger.is_done(item.source, item.dest, settings, opts.in_place)
+                ):
+                    reports[i] = PhotoReport(
+                        item.source, item.dest, "skipped", "already enhanced with these settings"
+                    )
+                else:
+                    todo.append((i, item))
+            self._emit(photos_total=len(planned), photos_done=len(reports), message="planning")
+            if todo:
+                self._process(todo, reports, settings, ledger)
+        finally:
+            if ledger is not None:
+                ledger.close()
+        photos = tuple(reports[i] for i in range(len(planned)))
+        compare_index = self._write_compare_index(photos) if opts.compare else None
+        return EnhanceReport(
+            photos=photos,
+            scale=opts.scale,
+            max_face=opts.face_limit,
+            model=self.model.name if self.model else None,
+            device=self.model.device if self.model else None,
+            seconds=time.perf_counter() - start,
+            sr_seconds=self.sr_seconds,
+            compare_index=compare_index,
+        )
+
+    def _process(
+        self,
+        todo: list[tuple[int, PlannedPhoto]],
+        reports: dict[int, PhotoReport],
+        settings: str,
+        ledger: EnhanceLedger | None,
+    ) -> None:
+        opts = self.options
+        if not opts.dry_run:
+            from hime_cli.sr.inference import load_super_resolver
+
+            self.model = load_super_resolver(opts.weights, opts.scale, opts.device, opts.batch_pixels)
+        source: ExemplarSource
+        if opts.refs_dir is not None:
+            self._emit(message="reading the reference photos")
+            source = RefsFolderSource(opts.refs_dir)
+        else:
+            source = IndexSource(
+                [p.source for _, p in todo], opts.dry_run, progress=lambda m: self._emit(message=m)
+            )
+        try:
+            for chunk in self._chunks(todo, source, reports):
+                self._run_chunk(chunk, reports, settings, ledger)
+        finally:
+            source.close()
+
+    def _chunks(
+        self, todo: list[tuple[int, PlannedPhoto]], source: ExemplarSource, reports: dict[int, PhotoReport]
+    ) -> Iterator[list[tuple[int, PhotoWork]]]:
+        """Read photos and prepare their faces, yielding groups that share SR batches."""
+        chunk: list[tuple[int, PhotoWork]] = []
+        n_faces = 0
+        for i, plan in todo:
+            self._emit(message=plan.source.name)
+            try:
+                work = self._prepare(plan, source)
+            except HimeError as exc:
+                reports[i] = PhotoReport(plan.source, plan.dest, "failed", str(exc))
+                self._emit(photos_done=self._counters.photos_done + 1)
+                continue
+            except (OSError, ValueError) as exc:
+                reports[i] = PhotoReport(plan.source, plan.dest, "failed", f"{type(exc).__name__}: {exc}")
+                self._emit(photos_done=self._counters.photos_done + 1)
+                continue
+            self._emit(faces_total=self._counters.faces_total + len(work.works))
+            chunk.append((i, work))
+            n_faces += len(work.works)
+            if n_faces >= CHUNK_FACES or len(chunk) >= CHUNK_PHOTOS:
+                yield chunk
+                chunk, n_faces = [], 0
+        if chunk:
+            yield chunk
+
+    def _prepare(self, plan: PlannedPhoto, source: ExemplarSource) -> PhotoWork:
+        from hime_cli.library.reader import load_image
+        from hime_cli.sr.inference import lr_crop_size
+
+        opts = self.options
+        started = time.perf_counter()
+        if opts.in_place and self._restore_if_enhanced(plan.source, opts.dry_run):
+            log.info("%s: restored the original before enhancing it again", plan.source)
+        loaded = load_image(plan.source)
+        faces = source.faces(plan.source, loaded)
+        targets = source.targets(faces, opts)
+        model_scale = self.model.scale if self.model else (8 if opts.scale == 8 else 4)
+        work = PhotoWork(plan, loaded, faces, [], started)
+        for k, face in enumerate(faces):
+            det = face.detected
+            base = FaceReport(tuple(det.box.as_list()), det.size, det.score, "", face.identity_id)  # type: ignore[arg-type]
+            if k not in targets:
+                work.reports.append(replace(base, status="not-target", reason="not the person in --refs"))
+                continue
+            if det.score < opts.min_score:
+                work.reports.append(
+                    replace(base, status="low-score", reason=f"detection score < {opts.min_score}")
+                )
+                continue
+            if det.size > opts.face_limit:
+                work.reports.append(
+                    replace(base, status="too-large", reason=f"face > {opts.face_limit:g} px")
+                )
+                continue
+            lr_size = lr_crop_size(region_size(det.landmarks), model_scale)
+            hr_size = lr_size * model_scale
+            lr = warp_to_crop(loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size)
+            refs: list[np.ndarray] = []
+            ref_paths: list[str] = []
+            if opts.max_refs > 0:
+                target_face = Face(
+                    id=face.face_id if face.face_id is not None else 0,
+                    # Index photo ids are positive, --refs photos negative: -10**9 matches neither.
+                    photo_id=face.photo_id if face.photo_id is not None else -(10**9),
+                    photo_path=plan.source,
+                    box=det.box,
+                    landmarks=det.landmarks,
+                    score=det.score,
+                    size=det.size,
+                    sharpness=0.0,
+                    identity_id=face.identity_id,
+                )
+                check_copies = isinstance(source, IndexSource)
+                for cand in self._ranked_candidates(target_face, source.candidates(face), hr_size):
+                    if len(refs) >= opts.max_refs:
+                        break
+                    try:
+                        rgb = self.images.get(Path(cand.photo_path))
+                    except (HimeError, OSError) as exc:
+                        log.warning("exemplar %s unreadable: %s", cand.photo_path, exc)
+                        continue
+                    crop = warp_to_crop(rgb, alignment_matrix(cand.landmarks, hr_size), hr_size)
+                    if check_copies and _same_shot(lr, crop):
+                        log.info("exemplar %s is a copy of %s; not used", cand.photo_path, plan.source)
+                        continue
+                    refs.append(crop)
+                    ref_paths.append(str(cand.photo_path))
+            status = "would-enhance" if opts.dry_run else "enhanced"
+            work.reports.append(replace(base, status=status, lr_size=lr_size, refs=tuple(ref_paths)))
+            work.works.append(FaceWork(0, k, det.landmarks, lr_size, lr, refs, ref_paths))
+        return work
+
+    @staticmethod
+    def _ranked_candidates(target: Face, candidates: list[Face], hr_size: int) -> Iterator[Face]:
+        """Exemplar candidates best first, one per photo: those with at least ``hr_size`` native
+        pixels, then (to fill the quota) those with at least ``REF_MIN_FRACTION`` of it."""
+        from hime_cli.identities.exemplars import rank_exemplars
+
+        used_photos: set[int] = set()
+        seen: set[int] = set()
+        for min_region in (float(hr_size), REF_MIN_FRACTION * hr_size):
+            for ranked in rank_exemplars(target, candidates, min_region=min_region):
+                cand = ranked.face
+                if cand.id in seen or cand.photo_id in used_photos:
+                    continue
+                seen.add(cand.id)
+                used_photos.add(cand.photo_id)
+                yield cand
+
+    def _run_chunk(
+        self,
+        chunk: list[tuple[int, PhotoWork]],
+        reports: dict[int, PhotoReport],
+        settings: str,
+        ledger: EnhanceLedger | None,
+    ) -> None:
+        opts = self.options
+        works = [w for _, pw in chunk for w in pw.works]
+        if works and self.model is not None:
+            from hime_cli.sr.inference import SRJob
+
+            t0 = time.perf_counter()
+            outputs = self.model.run(
+                [SRJob(w.lr, tuple(w.refs)) for w in works],
+                on_batch=lambda n: self._emit(faces_done=self._counters.faces_done + n),
+            )
+            self.sr_seconds += time.perf_counter() - t0
+            for w, out in zip(works, outputs, strict=True):
+                w.sr = out
+        for i, pw in chunk:
+            self._emit(message=pw.plan.source.name)
+            try:
+                reports[i] = self._finish(pw, settings, ledger)
+            except HimeError as exc:
+                reports[i] = PhotoReport(pw.plan.source, pw.plan.dest, "failed", str(exc), tuple(pw.reports))
+            except OSError as exc:
+                reason = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+                reports[i] = PhotoReport(pw.plan.source, pw.plan.dest, "failed", reason, tuple(pw.reports))
+            self._emit(photos_done=self._counters.photos_done + 1)
+            if opts.dry_run:
+                self._emit(faces_done=self._counters.faces_done + len(pw.works))
+
+    def _finish(self, pw: PhotoWork, settings: str, ledger: EnhanceLedger | None) -> PhotoReport:
+        from hime_cli.sr.inference import resize_crop
+
+        opts = self.options
+        s = opts.scale
+        loaded = pw.loaded
+        size = (loaded.width, loaded.height)
+        if opts.dry_run:
+            return PhotoReport(
+                pw.plan.source, pw.plan.dest, "dry-run", None, tuple(pw.reports), size,
+                (loaded.width * s, loaded.height * s), seconds=time.perf_counter() - pw.started,
+            )  # fmt: skip
+        canvas = upscale_photo(loaded.rgb, s)
+        matrices = []
+        for w in pw.works:
+            assert w.sr is not None
+            crop = resize_crop(w.sr, w.lr_size * s)
+            matrix = alignment_matrix(np.asarray(w.landmarks, np.float64) * s, w.lr_size * s)
+            paste_face(canvas, crop, matrix, s, opts.paste)
+            matrices.append(matrix)
+        compare_path = None
+        if opts.compare and pw.works:
+            compare_path = self._write_sheet(pw, canvas, matrices)
+        out_size = (canvas.shape[1], canvas.shape[0])
+        if opts.write_photos:
+            alpha = upscale_photo(loaded.alpha[..., None], s)[..., 0] if loaded.alpha is not None else None
+            self._write(pw.plan, loaded, canvas, alpha, settings, ledger)
+        return PhotoReport(
+            pw.plan.source,
+            pw.plan.dest if opts.write_photos else None,
+            "done",
+            None,
+            tuple(pw.reports),
+            size,
+            out_size,
+            compare_path,
+            time.perf_counter() - pw.started,
+        )
+
+    # writing ---------------------------------------------------------------------------------
+
+    def _write(
+        self,
+        plan: PlannedPhoto,
+        loaded: LoadedImage,
+        rgb: np.ndarray,
+        alpha: np.ndarray | None,
+        settings: str,
+        ledger: EnhanceLedger | None,
+    ) -> None:
+        """Encode, record the expected output in the ledger, then replace ``dest`` atomically."""
+        from hime_cli.library.writer import atomic_write, encode_image
+
+        data = encode_image(loaded, rgb, alpha)
+        dest_sha = hashlib.sha256(data).hexdigest()
+        source_sha = None if self.options.in_place else file_sha256(plan.source)
+        if ledger is not None:
+            ledger.expect(plan.dest, settings, source_sha, dest_sha)
+        if self.options.in_place:
+            self._replace_in_place(plan.source, data, rgb.shape[1], rgb.shape[0])
+        else:
+            plan.dest.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write(
+                plan.dest, lambda fh: fh.write(data), check=_decode_check(rgb.shape[1], rgb.shape[0])
+            )
+        if ledger is not None:
+            ledger.finish(plan.dest)
+
+    @staticmethod
+    def _replace_in_place(path: Path, data: bytes, width: int, height: int) -> None:
+        """Back the original up (verified), then swap in ``data`` atomically (library.backup)."""
+        from hime_cli.errors import ImageWriteError
+        from hime_cli.library.backup import replace_in_place
+
+        check = _decode_check(width, height)
+
+        def write(tmp: Path) -> None:
+            with open(tmp, "wb") as fh:
+                fh.write(data)
+            check(tmp)
+
+        record = replace_in_place(path, write)
+        if record.already_replaced:
+            raise ImageWriteError(f"{path} is already an enhanced version; nothing replaced.")
+
+    @staticmethod
+    def _restore_if_enhanced(path: Path, dry_run: bool) -> bool:
+        """In-place re-run with other settings (or --force): start again from the original.
+
+        When ``path`` is a file hime put in place, its verified original is restored first (so
+        a photo is never enhanced twice over). Returns True when that was (or, dry run, would be) done.
+        """
+        from hime_cli.errors import ImageWriteError
+        from hime_cli.library.backup import find_backups, restore
+
+        records = find_backups(path)
+        if not records:
+            return False
+        current = file_sha256(path)
+        if not any(r.replaced_sha256 == current and r.state in ("pending", "replaced") for r in records):
+            return False
+        if not dry_run:
+            report = restore([path])
+            if not report.ok:
+                problems = report.refused + report.missing + report.failed
+                reason = problems[0][1] if problems else "unknown"
+                raise ImageWriteError(
+                    f"cannot restore the original of {path} before re-enhancing it: {reason}"
+                )
+        return True
+
+    # compare sheets --------------------------------------------------------------------------
+
+    def _write_sheet(self, pw: PhotoWork, canvas: np.ndarray, matrices: Sequence[np.ndarray]) -> Path:
+        """One PNG per photo: a row per enhanced face, input (bicubic) | hime | exemplars."""
+        s = self.options.scale
+        rows = []
+        for w, matrix in zip(pw.works, matrices, strict=True):
+            size = w.lr_size * s
+            bicubic = warp_to_crop(pw.loaded.rgb, alignment_matrix(w.landmarks, size), size)
+            result = warp_to_crop(canvas, matrix, size)
+            rows.append(
+                [("input (bicubic)", bicubic), ("hime", result)]
+                + [(f"ref: {Path(p).name}", ref) for p, ref in zip(w.ref_paths, w.refs, strict=True)]
+            )
+        dest = (pw.plan.compare_root / pw.plan.relative).with_suffix(pw.plan.relative.suffix + ".png")
+        write_contact_sheet(rows, dest, title=str(pw.plan.source))
+        return dest
+
+    def _write_compare_index(self, photos: Sequence[PhotoReport]) -> Path | None:
+        """A small HTML page next to the sheets, linking every photo's sheet."""
+        sheets = [p for p in photos if p.compare is not None]
+        if not sheets:
+            return None
+        root = Path(os.path.commonpath([str(p.compare.parent) for p in sheets if p.compare]))
+        items = []
+        for p in sheets:
+            assert p.compare is not None
+            rel = os.path.relpath(p.compare, root)
+            n = p.faces_enhanced
+            items.append(
+                f"<figure><figcaption>{html.escape(str(p.source))} — {n} face{'s' if n != 1 else ''}"
+                f'</figcaption><img src="{html.escape(rel)}" alt="{html.escape(p.source.name)}"></figure>'
+            )
+        page = (
+            "<!doctype html><meta charset=utf-8><title>hime: before / after</title>"
+            "<style>body{font-family:sans-serif;background:#222;color:#eee}img{max-width:100%;"
+            "image-rendering:auto}figure{margin:1em 0}</style>"
+            f"<h1>hime ×{self.options.scale}: input (bicubic) | hime | exemplars</h1>" + "".join(items)
+        )
+        index = root / "index.html"
+        _atomic_write_bytes(index, page.encode("utf-8"))
+        return index
+
+
+TILE = 192  # px per tile in a contact sheet
+_LABEL_H = 18
+
+
+def _decode_check(width: int, height: int) -> Callable[[Path], None]:
+    """A check for ``atomic_write``: the temp file decodes completely, at the expected size."""
+
+    def check(tmp: Path) -> None:
+        from hime_cli.errors import ImageWriteError
+        from hime_cli.library.reader import decode_image, read_file
+
+        try:
+            decoded = decode_image(read_file(tmp), max_pixels=max(width * height + 1, 1))
+        except HimeError as exc:
+            raise ImageWriteError(f"the written file does not decode: {exc.message}") from exc
+        if decoded.pixels.shape[:2] != (height, width):
+            raise ImageWriteError(
+                f"the written file is {decoded.pixels.shape[1]}x{decoded.pixels.shape[0]}, expected {width}x{height}"
+            )
+
+    return check
+
+
+def write_contact_sheet(
+    rows: Sequence[Sequence[tuple[str, np.ndarray]]], dest: Path, title: str = ""
+) -> None:
+    """Rows of labelled square crops (float RGB) as one PNG; every crop is shown at ``TILE`` px."""
+    import cv2
+    from PIL import Image, ImageDraw
+
+    n_cols = max(len(r) for r in rows)
+    pad = 6
+    head = _LABEL_H + pad if title else 0
+    width = n_cols * (TILE + pad) + pad
+    height = head + len(rows) * (TILE + _LABEL_H + pad) + pad
+    sheet = Image.new("RGB", (width, height), (34, 34, 34))
+    draw = ImageDraw.Draw(sheet)
+    if title:
+        draw.text((pad, pad // 2), title[-(width // 7) :], fill=(230, 230, 230))
+    for r, row in enumerate(rows):
+        y = head + pad + r * (TILE + _LABEL_H + pad)
+        for c, (label, crop) in enumerate(row):
+            x = pad + c * (TILE + pad)
+            interp = cv2.INTER_AREA if crop.shape[0] > TILE else cv2.INTER_CUBIC
+            tile = cv2.resize(np.clip(crop, 0, 1).astype(np.float32), (TILE, TILE), interpolation=interp)
+            sheet.paste(
+                Image.fromarray((np.clip(tile, 0, 1) * 255 + 0.5).astype(np.uint8)), (x, y + _LABEL_H)
+            )
+            draw.text((x, y + 2), label[: TILE // 7], fill=(230, 230, 230))
+    buffer = io.BytesIO()
+    sheet.save(buffer, format="PNG")
+    _atomic_write_bytes(dest, buffer.getvalue())
+
+
+def _atomic_write_bytes(dest: Path, payload: bytes) -> None:
+    """Write a small file via a temporary file in the same folder + rename."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
+    with open(tmp, "wb") as f:
+        f.write(payload)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, dest)
+
+
+def enhance(
+    paths: Sequence[str | os.PathLike[str]],
+    options: EnhanceOptions | None = None,
+    progress: ProgressCallback | None = None,
+) -> EnhanceReport:
+    """Enhance every photo under ``paths`` (see the module docstring); never raises for one bad photo."""
+    enhancer = Enhancer(options or EnhanceOptions(), progress)
+    return enhancer.run([Path(p) for p in paths])

@@ -1,0 +1,227 @@
+"""The enhance pipeline end to end on synthetic photos made from skimage's astronaut (no network).
+
+The tiny random ``hime_test_x4`` architecture stands in for trained weights: these tests check the
+plumbing (planning, exemplars, batching, paste-back, writing, re-runs, in-place safety), not the
+quality of the super-resolution (see tests/test_pipeline_data.py for that, on real photos).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from hime_cli.errors import ModelError, UsageError
+from hime_cli.pipeline import EnhanceOptions, PlannedPhoto, enhance, plan_outputs
+from hime_cli.sr.pasteback import upscale_photo
+
+
+@pytest.fixture(scope="session")
+def assets(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """refs/ (two 512 px portraits), a tiny random weight file."""
+    from safetensors.torch import save_file
+    from skimage import data
+
+    from hime_cli.sr.registry import create_model
+
+    root = tmp_path_factory.mktemp("assets")
+    astronaut = data.astronaut()
+    refs = root / "refs"
+    refs.mkdir()
+    Image.fromarray(astronaut[:, ::-1].copy()).save(refs / "mirrored.jpg", quality=92)
+    relit = np.clip(astronaut.astype(np.float32) * 0.9 + 12, 0, 255).astype(np.uint8)
+    Image.fromarray(relit).save(refs / "relit.png")
+    torch.manual_seed(0)
+    model = create_model("hime_test_x4")
+    save_file(
+        {k: v.contiguous() for k, v in model.state_dict().items()},
+        str(root / "hime_test_x4.rand.safetensors"),
+    )
+    return root
+
+
+def small_astronaut(size: int = 128) -> np.ndarray:
+    from skimage import data
+
+    return cv2.resize(data.astronaut(), (size, size), interpolation=cv2.INTER_AREA)
+
+
+def _options(assets: Path, **kw) -> EnhanceOptions:
+    base = {"scale": 4, "weights": str(assets / "hime_test_x4.rand.safetensors"), "device": "cpu"}
+    base.update(kw)
+    return EnhanceOptions(**base)
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    Image.fromarray(small_astronaut()).save(folder / "a.jpg", quality=92)
+    Image.fromarray(small_astronaut(112)).save(folder / "sub" / "b.png")
+    return folder
+
+
+def test_plan_outputs_default_and_out_dir(tmp_path: Path, photos: Path) -> None:
+    planned = plan_outputs([photos], EnhanceOptions())
+    assert all(isinstance(p, PlannedPhoto) for p in planned)
+    dests = sorted(p.dest for p in planned)  # type: ignore[union-attr]
+    base = photos.resolve().parent / "hime-enhanced" / "photos"
+    assert dests == [base / "a.jpg", base / "sub" / "b.png"]
+    out = tmp_path / "out"
+    planned = plan_outputs([photos, photos / "a.jpg"], EnhanceOptions(out_dir=out))
+    assert [p.dest for p in planned] == [
+        out.resolve() / "a.jpg",
+        out.resolve() / "sub" / "b.png",
+        out.resolve() / "a.jpg",
+    ]  # type: ignore[union-attr]
+
+
+def test_plan_outputs_rejects_collisions_and_skips_own_output(tmp_path: Path, photos: Path) -> None:
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(photos / "a.jpg", other / "a.jpg")
+    with pytest.raises(UsageError, match="both be written"):
+        plan_outputs([photos, other], EnhanceOptions(out_dir=tmp_path / "out"))
+    # An --out folder inside the input folder is never read back as input.
+    inside = photos / "enhanced"
+    inside.mkdir()
+    shutil.copy(photos / "a.jpg", inside / "x.jpg")
+    planned = plan_outputs([photos], EnhanceOptions(out_dir=inside))
+    assert all("enhanced" not in p.source.parts for p in planned)  # type: ignore[union-attr]
+    with pytest.raises(UsageError):
+        plan_outputs([tmp_path / "missing"], EnhanceOptions())
+
+
+def test_bad_option_combinations() -> None:
+    with pytest.raises(UsageError):
+        enhance([], EnhanceOptions(scale=3))
+    with pytest.raises(UsageError):
+        enhance([], EnhanceOptions(in_place=True, out_dir=Path("x")))
+    with pytest.raises(UsageError):
+        enhance([], EnhanceOptions(all_faces=True))
+
+
+def test_enhance_with_refs_writes_4x_photo_and_pastes_faces(
+    assets: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    events = []
+    report = enhance([photos], _options(assets, out_dir=out, refs_dir=assets / "refs"), events.append)
+    assert not report.failed and report.count("done") == 2
+    assert events and events[-1].photos_done == events[-1].photos_total == 2
+    assert events[-1].faces_done == events[-1].faces_total == report.faces_enhanced == 2
+    by_name = {p.source.name: p for p in report.photos}
+    jpg = by_name["a.jpg"]
+    assert jpg.dest == out.resolve() / "a.jpg" and jpg.out_size == (512, 512)
+    face = jpg.faces[0]
+    assert face.status == "enhanced" and face.lr_size == 34  # native crop region 33.4 px > 32
+    assert {Path(r).name for r in face.refs} == {"mirrored.jpg", "relit.png"}  # both refs used
+
+    written = np.asarray(Image.open(out / "sub" / "b.png").convert("RGB"), dtype=np.float32) / 255
+    assert written.shape == (448, 448, 3)
+    # Outside the face the output is the Lanczos upscale; inside, the network's face was pasted.
+    original = np.asarray(Image.open(photos / "sub" / "b.png").convert("RGB"), dtype=np.float32) / 255
+    lanczos = upscale_photo(original, 4)
+    box = by_name["b.png"].faces[0].box
+    x0, y0, x1, y1 = (int(round(v * 4)) for v in box)
+    diff = np.abs(written - lanczos).max(axis=2)
+    assert diff[y0:y1, x0:x1].mean() > 2e-3  # the face changed
+    mask = np.ones(diff.shape, bool)
+    mask[max(0, y0 - 80) : y1 + 80, max(0, x0 - 80) : x1 + 80] = False
+    assert diff[mask].max() <= 1.0 / 255 + 1e-6  # the rest is the plain upscale (PNG rounding)
+
+
+def test_max_face_leaves_large_faces_alone(assets: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = enhance([photos / "a.jpg"], _options(assets, out_dir=out, max_face=5, max_refs=0))
+    (photo,) = report.photos
+    assert photo.status == "done" and photo.faces_enhanced == 0
+    assert [f.status for f in photo.faces] == ["too-large"]
+    assert report.sr_seconds == 0.0
+
+
+def test_rerun_skips_then_force_and_source_change_redo(assets: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    opts = _options(assets, out_dir=out, max_refs=0)
+    first = enhance([photos / "a.jpg"], opts)
+    assert first.count("done") == 1
+    again = enhance([photos / "a.jpg"], opts)
+    assert again.count("skipped") == 1 and again.model is None  # nothing loaded
+    assert (
+        enhance([photos / "a.jpg"], _options(assets, out_dir=out, max_refs=0, force=True)).count("done") == 1
+    )
+    # Other settings: redone.
+    assert enhance([photos / "a.jpg"], _options(assets, out_dir=out, max_refs=0, scale=2)).count("done") == 1
+    assert Image.open(out / "a.jpg").size == (256, 256)
+    # A changed source: redone.
+    Image.fromarray(small_astronaut(120)).save(photos / "a.jpg", quality=90)
+    redo = enhance([photos / "a.jpg"], _options(assets, out_dir=out, max_refs=0, scale=2))
+    assert redo.count("done") == 1 and Image.open(out / "a.jpg").size == (240, 240)
+
+
+def test_dry_run_writes_nothing(assets: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    report = enhance([photos], _options(assets, out_dir=out, refs_dir=assets / "refs", dry_run=True))
+    assert report.count("dry-run") == 2 and report.faces_enhanced == 2
+    assert {f.status for p in report.photos for f in p.faces} == {"would-enhance"}
+    assert not out.exists()
+
+
+def test_missing_weights_is_one_clear_model_error(
+    photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HIME_MODELS_DIR", str(tmp_path / "no-models"))
+    with pytest.raises(ModelError) as info:
+        enhance([photos / "a.jpg"], EnhanceOptions(out_dir=tmp_path / "out", device="cpu"))
+    assert info.value.hint and "hime models" in info.value.hint
+    assert not (tmp_path / "out").exists()
+
+
+def test_unreadable_photo_is_reported_and_others_continue(assets: Path, photos: Path, tmp_path: Path) -> None:
+    (photos / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    report = enhance([photos], _options(assets, out_dir=tmp_path / "out", max_refs=0))
+    statuses = {p.source.name: p.status for p in report.photos}
+    assert statuses == {"a.jpg": "done", "broken.jpg": "failed", "b.png": "done"}
+    assert report.failed
+    reason = next(p.reason for p in report.photos if p.status == "failed")
+    assert reason
+
+
+def test_in_place_keeps_a_backup_and_reruns_start_from_the_original(
+    assets: Path, photos: Path, tmp_path: Path
+) -> None:
+    from hime_cli.library.backup import find_backups, restore
+
+    target = photos / "a.jpg"
+    original = target.read_bytes()
+    report = enhance([target], _options(assets, in_place=True, refs_dir=assets / "refs"))
+    assert report.count("done") == 1 and Image.open(target).size == (512, 512)
+    (record,) = find_backups(target)
+    assert Path(record.backup_path).read_bytes() == original
+    assert enhance([target], _options(assets, in_place=True, refs_dir=assets / "refs")).count("skipped") == 1
+    # --force redoes it from the original: 4x the original, not 16x.
+    again = enhance([target], _options(assets, in_place=True, refs_dir=assets / "refs", force=True))
+    assert again.count("done") == 1 and Image.open(target).size == (512, 512)
+    restore([target])
+    assert target.read_bytes() == original
+
+
+def test_compare_only_writes_sheets(assets: Path, photos: Path, tmp_path: Path) -> None:
+    sheets = tmp_path / "sheets"
+    report = enhance(
+        [photos],
+        _options(assets, refs_dir=assets / "refs", compare=True, compare_dir=sheets, write_photos=False),
+    )
+    assert report.count("done") == 2 and report.compare_index == sheets.resolve() / "index.html"
+    pngs = sorted(p.relative_to(sheets) for p in sheets.rglob("*.png"))
+    assert pngs == [Path("a.jpg.png"), Path("sub/b.png.png")]
+    sheet = Image.open(sheets / "a.jpg.png")
+    assert sheet.width > 3 * 192  # input | hime | two exemplars
+    html = (sheets / "index.html").read_text()
+    assert "a.jpg.png" in html and "sub/b.png.png" in html
+    assert not (photos.parent / "hime-enhanced").exists()
