@@ -14,7 +14,7 @@ Two pure functions:
   :func:`cluster_embeddings` (same algorithm; tested).
 
 Labels are canonical: 0, 1, 2, ... in order of each cluster's first item, so the same input
-always gives the same labels. A lone face is its own cluster (noise from DBSCAN/HDBSCAN too):
+always gives the same labels. A lone face is its own cluster (so is DBSCAN/HDBSCAN noise):
 every face belongs to an identity, so even a person seen once can be named.
 """
 
@@ -26,7 +26,7 @@ import numpy as np
 
 DEFAULT_THRESHOLD = 0.6  # average-link Euclidean distance between dlib embeddings; tuned on dev
 DEFAULT_LINKAGE = "average"
-ALGORITHMS = ("agglomerative", "dbscan", "hdbscan")
+ALGORITHMS = ("agglomerative", "dbscan")
 LINKAGES = ("average", "complete", "single")
 
 
@@ -67,7 +67,7 @@ def cluster_embeddings(
 
     ``threshold`` is a Euclidean distance: for agglomerative clustering the linkage distance
     below which clusters merge, for DBSCAN ``eps`` (with ``min_samples=1``, i.e. single-linkage
-    components), for HDBSCAN ``cluster_selection_epsilon`` (``min_cluster_size=2``).
+    components). (HDBSCAN has no distance threshold; the benchmark sweeps it separately.)
     """
     emb = _as_embeddings(emb)
     n = emb.shape[0]
@@ -90,12 +90,6 @@ def cluster_embeddings(
         from sklearn.cluster import DBSCAN
 
         labels = DBSCAN(eps=threshold, min_samples=1, metric="euclidean").fit_predict(emb)
-    elif algorithm == "hdbscan":
-        from sklearn.cluster import HDBSCAN
-
-        labels = HDBSCAN(
-            min_cluster_size=2, min_samples=1, cluster_selection_epsilon=threshold, copy=True
-        ).fit_predict(emb)
     else:
         raise ValueError(f"unknown algorithm {algorithm!r}; choose one of {', '.join(ALGORITHMS)}")
     return canonical_labels(labels)

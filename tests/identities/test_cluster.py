@@ -26,7 +26,7 @@ def test_canonical_labels_order_and_noise() -> None:
     assert canonical_labels([5, 5, -1, 2, 5, -1, 2]).tolist() == [0, 0, 1, 2, 0, 3, 2]
 
 
-@pytest.mark.parametrize("algorithm", ["agglomerative", "dbscan", "hdbscan"])
+@pytest.mark.parametrize("algorithm", ["agglomerative", "dbscan"])
 def test_recovers_separated_people(algorithm: str) -> None:
     emb, truth = blobs(1)
     labels = cluster_embeddings(emb, 0.6, algorithm=algorithm)

@@ -87,11 +87,11 @@ def test_never_same_photo_other_identity_or_too_small() -> None:
 
 
 def test_ranks_by_pose_then_quality() -> None:
-    target = face(1, photo=1, region=40, yaw=0.08)
+    target = face(1, photo=1, region=40, yaw=0.1)
     candidates = [
         face(2, photo=2, yaw=0.0, sharp=50),  # frontal, sharpest
-        face(3, photo=3, yaw=0.08, sharp=20),  # same pose as the target
-        face(4, photo=4, yaw=0.08, sharp=5),  # same pose, blurrier
+        face(3, photo=3, yaw=0.1, sharp=20),  # same pose as the target
+        face(4, photo=4, yaw=0.1, sharp=5),  # same pose, blurrier
         face(5, photo=5, yaw=-0.1, sharp=10),  # turned the other way
     ]
     chosen = [f.id for f in select_exemplars(target, candidates, max_refs=2)]
@@ -137,3 +137,18 @@ def test_quality_order_filters_small_and_prefers_sharp() -> None:
     faces = [face(1, 1, region=100, sharp=100), face(2, 2, sharp=5), face(3, 3, sharp=50)]
     assert [f.id for f in exemplar_quality_order(faces, min_region=128)] == [3, 2]
     assert exemplar_quality_order([], 128) == []
+
+
+def test_pose_similarity_matches_documented_head_turns() -> None:
+    """The docstring's calibration: a rigid 3D face turned by 15°, 27° and 45° (orthographic)."""
+    model = np.array([[-32, 0, 0], [32, 0, 0], [0, 35, 25], [-24, 65, 5], [24, 65, 5]], dtype=float)
+
+    def turned(degrees: float) -> np.ndarray:
+        a = np.radians(degrees)
+        rot = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+        return (model @ rot.T)[:, :2]
+
+    front = turned(0)
+    assert pose_similarity(front, turned(15)) == pytest.approx(0.77, abs=0.03)
+    assert pose_similarity(front, turned(27)) == pytest.approx(np.exp(-1), abs=0.05)
+    assert pose_similarity(front, turned(45)) < 0.05
