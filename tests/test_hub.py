@@ -260,3 +260,20 @@ def test_pyproject_installs_models_as_data_files() -> None:
         "models/*.md",
         "models/registry.json",
     }
+
+
+def test_installed_package_resolves_from_share_hime_models(registered, tmp_path, monkeypatch) -> None:
+    """A non-editable install: no source checkout, the weights under <sys.prefix>/share/hime/models."""
+    import sys
+
+    share = tmp_path / "prefix" / "share" / "hime" / "models"
+    share.mkdir(parents=True)
+    registry = Path(hub.registry_path())
+    (share / "registry.json").write_bytes(registry.read_bytes())
+    (share / registered.file).write_bytes((tmp_path / "build" / registered.file).read_bytes())
+    monkeypatch.delenv("HIME_MODELS_DIR")
+    monkeypatch.setattr(hub, "source_checkout_root", lambda: None)
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "prefix"))
+    assert hub.bundled_dirs() == [share]
+    res = hub.resolve_weights("tiny_x4.v1")
+    assert (res.source, res.path) == ("bundled", share / registered.file)
