@@ -277,3 +277,21 @@ def test_installed_package_resolves_from_share_hime_models(registered, tmp_path,
     assert hub.bundled_dirs() == [share]
     res = hub.resolve_weights("tiny_x4.v1")
     assert (res.source, res.path) == ("bundled", share / registered.file)
+
+
+def test_create_model_pretrained_loads_through_the_hub(models_dir: Path) -> None:
+    """The sr registry's pretrained=True path goes through resolve_weights and loads strictly."""
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    from hime_cli.sr.registry import create_model
+
+    torch.manual_seed(0)
+    model = create_model("hime_test_x4")
+    path = models_dir / "hime_test_x4.unit.safetensors"
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(path))
+    hub.register_weight(hub.entry_from_file(path, "hime_test_x4.unit", scale=4, variant="test", default=True))
+    torch.manual_seed(1)
+    loaded = create_model("hime_test_x4", pretrained=True)
+    for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
