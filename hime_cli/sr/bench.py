@@ -31,13 +31,13 @@ def benchmark_sr(
     about 1.4x faster on CPU (oneDNN) and is how callers should run the model. ``overrides`` change the
     architecture config (e.g. ``channels=32``) for what-if timings.
     """
-    model = create_model(name, **overrides).eval().to(device)
+    model = create_model(name, **overrides).eval()
     scale = model.scale
     generator = torch.Generator().manual_seed(0)
     lr = torch.rand(batch, 3, hr_size // scale, hr_size // scale, generator=generator)
     ref_images = torch.rand(batch, refs, 3, hr_size, hr_size, generator=generator)
-    complexity = count_complexity(model, lr[:1], ref_images[:1])
-    lr, ref_images = lr.to(device), ref_images.to(device)
+    complexity = count_complexity(model, lr[:1], ref_images[:1])  # on the CPU, before moving
+    model, lr, ref_images = model.to(device), lr.to(device), ref_images.to(device)
     if channels_last:
         model = model.to(memory_format=torch.channels_last)
         lr = lr.contiguous(memory_format=torch.channels_last)
