@@ -32,6 +32,7 @@ with its metadata, so the enhanced file can replace the original:
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import logging
 import os
@@ -232,6 +233,12 @@ def encode_image(
     height, width = rgb.shape[:2]
     alpha = _resolve_alpha(loaded, alpha, height, width)
     source = _SourceInfo.read(loaded.path, fmt)
+    if source.dpi:
+        # Keep the physical print size: an upscaled photo gets proportionally more dots per inch.
+        # (DPI is stored for the file's own axes; turned 90°, x and y swap.)
+        dpi_x, dpi_y = source.dpi if loaded.orientation < 5 else source.dpi[::-1]
+        scaled = (dpi_x * width / loaded.width, dpi_y * height / loaded.height)
+        source = dataclasses.replace(source, dpi=scaled)
     meta = _Metadata(
         exif=patch_exif(loaded.exif, width, height, drop_thumbnail=loaded.orientation != 1),
         icc=loaded.icc_profile,

@@ -412,3 +412,13 @@ def test_real_orientation6_portrait_comes_out_upright(shared_data, tmp_path) -> 
     assert pixels.shape == reference.rgb.shape[:2]
     assert np.corrcoef(pixels.ravel(), reference.rgb.mean(axis=2).ravel())[0, 1] > 0.9
     assert b'tiff:Orientation="6"' not in (load_image(dest).xmp or b"")
+
+
+def test_upscaled_photo_keeps_its_print_size(tmp_path) -> None:
+    src = tmp_path / "dpi.jpg"
+    Image.fromarray(smooth_rgb()).save(src, quality=90, dpi=(300, 300))
+    loaded = load_image(src)
+    big = np.repeat(np.repeat(loaded.rgb, 2, 0), 2, 1)
+    save_image(loaded, big, None, tmp_path / "big.jpg")
+    with Image.open(tmp_path / "big.jpg") as im:
+        assert im.size == (128, 96) and tuple(round(v) for v in im.info["dpi"]) == (600, 600)
