@@ -126,16 +126,18 @@ class Validator:
         hr = canonical_view(crops)
         rng = np.random.default_rng(seed)
         ids = crops.identity
-        eligible = [i for i in range(len(crops)) if (ids == ids[i]).sum() > refs]
+        eligible = [i for i in range(len(crops)) if (ids == ids[i]).sum() >= 2]
         pick = rng.choice(eligible, size=min(n, len(eligible)), replace=False)
-        ref_idx = [
-            rng.choice([j for j in np.flatnonzero(ids == ids[i]) if j != i], refs, replace=False)
-            for i in pick
-        ]
+        ref_idx = np.full((len(pick), refs), -1)
+        for row, i in enumerate(pick):
+            own = [j for j in np.flatnonzero(ids == ids[i]) if j != i]
+            k = min(refs, len(own))
+            ref_idx[row, :k] = rng.choice(own, k, replace=False)
+        mask = torch.from_numpy(ref_idx >= 0)
         self.hr = hr[pick].to(device)
-        self.refs = torch.stack([hr[r] for r in ref_idx]).to(device)
+        self.refs = (hr[np.maximum(ref_idx, 0)] * mask[..., None, None, None]).to(device)
         self.lr = bicubic_downsample(self.hr, scale)
-        self.mask = torch.ones(self.refs.shape[:2], dtype=torch.bool, device=device)
+        self.mask = mask.to(device)
         up = torch.nn.functional.interpolate(self.lr, scale_factor=scale, mode="bicubic", align_corners=False)
         self.bicubic = float(psnr(up, self.hr).mean())
 

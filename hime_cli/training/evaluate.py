@@ -1,0 +1,215 @@
+"""``hime eval``: measure HIME against bicubic on identity folders (paper Sec. 5.1 protocol).
+
+For each test face: canonical HR crop (the shared crop policy) → bicubic LR → each method's
+output is compared with the HR crop. Methods: ``bicubic``; ``hime`` (up to ``refs`` other photos
+of the same identity); ``hime_blank`` (no references); ``hime_wrong_refs`` (references of another
+identity). Metrics: PSNR and SSIM on RGB 0–255 over the whole crop, identity distance (dlib
+embedding distance between output and HR), and ms per face for the network methods.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from hime_cli.training.dataset import bicubic_downsample, canonical_view
+from hime_cli.training.metrics import psnr, ssim
+from hime_cli.training.prepare import HR_SIZE, CropSet
+
+METHODS = ("bicubic", "hime", "hime_blank", "hime_wrong_refs")
+
+
+@dataclass(frozen=True)
+class EvalPlan:
+    """Which faces are tested and which crops serve as their references (deterministic)."""
+
+    targets: np.ndarray  # (T,) crop indices
+    refs: np.ndarray  # (T, R) crop indices, -1 = none
+    wrong_refs: np.ndarray  # (T, R) crop indices of another identity
+
+
+def make_plan(crops: CropSet, n_refs: int, limit: int | None = None, seed: int = 0) -> EvalPlan:
+    """Every face with ≥1 other photo of its identity is a target (or ``limit`` of them, spread over identities)."""
+    rng = np.random.default_rng(seed)
+    ids = crops.identity
+    targets = np.asarray([i for i in range(len(crops)) if (ids == ids[i]).sum() >= 2], dtype=np.int64)
+    if limit is not None and limit < len(targets):
+        # Round-robin over identities so a small limit still covers many people.
+        by_id: dict[int, list[int]] = {}
+        for t in targets:
+            by_id.setdefault(int(ids[t]), []).append(int(t))
+        order = [v for k in sorted(by_id) for v in [by_id[k]]]
+        picked: list[int] = []
+        depth = 0
+        while len(picked) < limit:
+            for members in order:
+                if depth < len(members) and len(picked) < limit:
+                    picked.append(members[depth])
+            depth += 1
+        targets = np.asarray(sorted(picked), dtype=np.int64)
+    refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
+    wrong = np.full((len(targets), n_refs), -1, dtype=np.int64)
+    identities = np.unique(ids)
+    for row, t in enumerate(targets):
+        own = np.flatnonzero((ids == ids[t]) & (np.arange(len(ids)) != t))
+        k = min(n_refs, len(own))
+        if k:
+            refs[row, :k] = rng.choice(own, size=k, replace=False)
+        others = identities[identities != ids[t]]
+        if len(others) and n_refs:
+            other = rng.choice(others)
+            pool = np.flatnonzero(ids == other)
+            k = min(n_refs, len(pool))
+            wrong[row, :k] = rng.choice(pool, size=k, replace=False)
+    return EvalPlan(targets=targets, refs=refs, wrong_refs=wrong)
+
+
+class IdentityDistance:
+    """dlib embedding distance between two aligned 128 px face crops (the canonical box is known)."""
+
+    def __init__(self) -> None:
+        from hime_cli.faces.align import CANONICAL_LANDMARKS
+        from hime_cli.faces.embed import get_embedder
+        from hime_cli.types import Box, DetectedFace
+
+        lm = (CANONICAL_LANDMARKS * HR_SIZE).astype(np.float32)
+        iod = float(lm[1, 0] - lm[0, 0])
+        # MTCNN-like box around the canonical landmarks (2.3 × 3.0 inter-ocular distances).
+        cx, eye_y = HR_SIZE / 2.0, float(lm[0, 1])
+        w, h = 2.3 * iod, 3.0 * iod
+        top = eye_y - 0.40 * h
+        self._face = DetectedFace(box=Box(cx - w / 2, top, cx + w / 2, top + h), landmarks=lm, score=1.0)
+        self._embedder = get_embedder("dlib")
+
+    def embed(self, images: torch.Tensor) -> np.ndarray:
+        arr = (images.clamp(0, 1) * 255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+        return np.concatenate([self._embedder.embed(np.ascontiguousarray(a), [self._face]) for a in arr])
+
+
+def _batched(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def evaluate(
+    model: torch.nn.Module | None,
+    crops: CropSet,
+    *,
+    scale: int,
+    n_refs: int = 3,
+    limit: int | None = None,
+    batch: int = 16,
+    with_identity: bool = True,
+    methods: tuple[str, ...] = METHODS,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info)."""
+    plan = make_plan(crops, n_refs, limit)
+    hr_all = canonical_view(crops)
+    device = next(model.parameters()).device if model is not None else torch.device("cpu")
+    idd = IdentityDistance() if with_identity else None
+    sums: dict[str, dict[str, float]] = {
+        m: {"psnr": 0.0, "ssim": 0.0, "id_dist": 0.0, "seconds": 0.0} for m in methods
+    }
+    n = len(plan.targets)
+    done = 0
+    for sl in _batched(n, batch):
+        idx = plan.targets[sl]
+        hr = hr_all[idx]
+        lr = bicubic_downsample(hr, scale)
+        hr_emb = idd.embed(hr) if idd else None
+        for method in methods:
+            t0 = time.perf_counter()
+            if method == "bicubic":
+                out = F.interpolate(lr, scale_factor=scale, mode="bicubic", align_corners=False)
+            else:
+                if model is None:
+                    continue
+                table = plan.refs if method == "hime" else plan.wrong_refs
+                rows = table[sl]
+                refs = mask = None
+                if method != "hime_blank" and rows.shape[1]:
+                    mask_np = rows >= 0
+                    refs = (
+                        hr_all[np.where(mask_np, rows, 0)] * torch.from_numpy(mask_np)[..., None, None, None]
+                    )
+                    refs, mask = refs.to(device), torch.from_numpy(mask_np).to(device)
+                with torch.inference_mode():
+                    out = model(lr.to(device), refs, mask).float().cpu()
+            elapsed = time.perf_counter() - t0
+            out = out.clamp(0, 1)
+            s = sums[method]
+            s["psnr"] += float(psnr(out, hr).sum())
+            s["ssim"] += float(ssim(out, hr).sum())
+            s["seconds"] += elapsed
+            if idd is not None:
+                s["id_dist"] += float(np.linalg.norm(idd.embed(out) - hr_emb, axis=1).sum())
+        done += len(idx)
+        if progress:
+            progress(done, n)
+    result = {
+        "scale": scale,
+        "lr_size": HR_SIZE // scale,
+        "faces": n,
+        "identities": int(len(np.unique(crops.identity[plan.targets]))) if n else 0,
+        "refs": n_refs,
+        "methods": {},
+    }
+    for method, s in sums.items():
+        if method != "bicubic" and model is None:
+            continue
+        entry = {"psnr": round(s["psnr"] / max(n, 1), 3), "ssim": round(s["ssim"] / max(n, 1), 4)}
+        if idd is not None:
+            entry["id_dist"] = round(s["id_dist"] / max(n, 1), 4)
+        if method != "bicubic":
+            entry["ms_per_face"] = round(1000.0 * s["seconds"] / max(n, 1), 2)
+        result["methods"][method] = entry
+    return result
+
+
+def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") -> tuple[torch.nn.Module, str]:
+    """Resolve ``--weights NAME|PATH`` (default: the registry's default small weight for the scale)."""
+    from hime_cli.sr.registry import create_model
+
+    name = weights or f"hime_small_x{scale}"
+    path = Path(name)
+    if path.suffix == ".safetensors" and path.exists():
+        from safetensors import safe_open
+
+        with safe_open(str(path), framework="pt") as f:
+            arch = (f.metadata() or {}).get("arch") or f"hime_small_x{scale}"
+        model = create_model(arch, checkpoint_path=path)
+        label = str(path)
+    else:
+        model = create_model(name, pretrained=True)  # "arch" or "arch.tag", resolved by the hub
+        label = name
+    if int(model.scale) != scale:
+        from hime_cli.errors import UsageError
+
+        raise UsageError(
+            f"weights {label} are for ×{model.scale}, not ×{scale}", hint=f"pass --scale {model.scale}"
+        )
+    return model.to(device).eval(), label
+
+
+def params_and_gmacs(model: torch.nn.Module, scale: int, n_refs: int = 3) -> tuple[int, float | None]:
+    params = sum(p.numel() for p in model.parameters())
+    try:
+        from hime_cli.sr.complexity import count_complexity
+
+        lr_size = HR_SIZE // scale
+        p = next(model.parameters())
+        lr = torch.rand(1, 3, lr_size, lr_size, device=p.device)
+        refs = torch.rand(1, n_refs, 3, HR_SIZE, HR_SIZE, device=p.device)
+        return params, round(count_complexity(model, lr, refs).gmacs, 3)
+    except Exception:  # complexity counting is informative, never fatal
+        return params, None
+
+
+__all__ = ["evaluate", "make_plan", "IdentityDistance", "load_model_for_eval", "params_and_gmacs", "Path"]

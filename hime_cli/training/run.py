@@ -1,0 +1,136 @@
+"""Entry point shared by ``hime train`` and ``python -m hime_cli.training.run`` (GPU hosts).
+
+Resolves the data (identity folders → cached crop set, or a prepared ``.npz``), builds the
+config, trains with checkpoints, and exports the final weights next to the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sys
+from collections.abc import Callable
+from dataclasses import replace
+from pathlib import Path
+
+from hime_cli.training.prepare import CropSet
+
+
+def load_or_prepare(data: Path, log: Callable[[str], None] = print) -> CropSet:
+    """A crop set from a prepared ``.npz`` or from identity folders (prepared once, then cached)."""
+    data = Path(data)
+    if data.suffix == ".npz":
+        return CropSet.load(data)
+    if not data.is_dir():
+        from hime_cli.errors import UsageError
+
+        raise UsageError(f"{data} is neither a folder of identity folders nor a prepared .npz crop set")
+    from hime_cli.paths import get_paths
+    from hime_cli.training.prepare import prepare_crops
+
+    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]
+    cache = get_paths().crops_dir / f"{data.name}-{key}.npz"
+    if cache.exists():
+        log(f"using cached crops {cache}")
+        return CropSet.load(cache)
+    log(f"preparing face crops from {data} (cached in {cache})")
+    crops, stats = prepare_crops(data)
+    log(json.dumps(stats))
+    crops.save(cache)
+    return crops
+
+
+def arch_name(variant: str, scale: int) -> str:
+    return f"hime_{variant}_x{scale}"
+
+
+def run_training(
+    *,
+    data: Path,
+    run_dir: Path,
+    arch: str,
+    val_data: Path | None = None,
+    time_budget_s: float | None = None,
+    steps: int | None = None,
+    batch: int | None = None,
+    lr: float | None = None,
+    seed: int = 0,
+    device: str = "cpu",
+    resume: bool = False,
+    checkpoint_minutes: float = 10.0,
+    lambda_cor: float | None = None,
+    log: Callable[[str], None] = print,
+    on_step=None,
+):
+    import torch
+
+    from hime_cli.training.train import TrainConfig, export_weights, train
+
+    if device == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    cfg = TrainConfig(
+        arch=arch, seed=seed, checkpoint_minutes=checkpoint_minutes, time_budget_s=time_budget_s
+    )
+    overrides = {"steps": steps, "batch": batch, "lr": lr, "lambda_cor": lambda_cor}
+    cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    train_crops = load_or_prepare(data, log)
+    val_crops = load_or_prepare(val_data, log) if val_data else None
+    log(
+        f"training {arch} on {len(train_crops)} crops of {len(train_crops.identities)} identities, device {device}"
+    )
+    model, state = train(
+        cfg, train_crops, run_dir, device=device, resume=resume, val_crops=val_crops, log=log, on_step=on_step
+    )
+    sha = export_weights(model, run_dir / f"{arch}.safetensors", {"arch": arch, "step": str(state.step)})
+    summary = {
+        "arch": arch,
+        "steps": state.step,
+        "elapsed_s": round(state.elapsed_s, 1),
+        "sha256": sha,
+        "final": state.history[-1] if state.history else None,
+    }
+    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    log(json.dumps(summary))
+    return model, state
+
+
+def main(argv: list[str] | None = None) -> None:
+    import argparse
+
+    p = argparse.ArgumentParser(description="Train HIME (headless entry point; see `hime train`).")
+    p.add_argument("--data", type=Path, required=True)
+    p.add_argument("--val-data", type=Path)
+    p.add_argument("--run", type=Path, required=True)
+    p.add_argument("--arch", default="hime_small_x4")
+    p.add_argument("--time-budget", type=float, help="seconds")
+    p.add_argument("--steps", type=int)
+    p.add_argument("--batch", type=int)
+    p.add_argument("--lr", type=float)
+    p.add_argument("--lambda-cor", type=float)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--resume", action="store_true")
+    p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    a = p.parse_args(argv)
+    run_training(
+        data=a.data,
+        val_data=a.val_data,
+        run_dir=a.run,
+        arch=a.arch,
+        time_budget_s=a.time_budget,
+        steps=a.steps,
+        batch=a.batch,
+        lr=a.lr,
+        lambda_cor=a.lambda_cor,
+        seed=a.seed,
+        device=a.device,
+        resume=a.resume,
+        checkpoint_minutes=a.checkpoint_minutes,
+        log=lambda s: print(s, file=sys.stderr, flush=True),
+    )
+
+
+if __name__ == "__main__":
+    main()

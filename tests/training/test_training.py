@@ -1,0 +1,166 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from hime_cli.cli.app import app
+from hime_cli.training.dataset import CropSampler, SamplerConfig, bicubic_downsample, canonical_view
+from hime_cli.training.evaluate import evaluate, make_plan
+from hime_cli.training.prepare import STORE_SIZE, CropSet, merge_crop_sets
+from hime_cli.training.train import TrainConfig, TrainState, learning_rate, load_checkpoint, train
+
+
+def synthetic_crops(n_ids: int = 3, per_id: int = 3, seed: int = 0) -> CropSet:
+    rng = np.random.default_rng(seed)
+    yy, xx = np.mgrid[0:STORE_SIZE, 0:STORE_SIZE] / STORE_SIZE
+    crops, ids = [], []
+    for k in range(n_ids):
+        for _ in range(per_id):
+            f = rng.uniform(2, 6, 3)
+            img = np.stack([0.5 + 0.4 * np.sin(f[c] * (xx + k) + f[(c + 1) % 3] * yy) for c in range(3)], -1)
+            crops.append((img * 255).astype(np.uint8))
+            ids.append(k)
+    return CropSet(
+        crops=np.stack(crops),
+        identity=np.asarray(ids, np.int32),
+        identities=tuple(f"id{k}" for k in range(n_ids)),
+        region=np.full(len(ids), 150.0, np.float32),
+        sources=tuple(f"id{k}/{i}.jpg" for i, k in enumerate(ids)),
+    )
+
+
+def test_cropset_roundtrip_and_merge(tmp_path: Path) -> None:
+    cs = synthetic_crops()
+    cs.save(tmp_path / "c.npz")
+    back = CropSet.load(tmp_path / "c.npz")
+    assert back.crops.shape == cs.crops.shape
+    assert np.abs(back.crops.astype(int) - cs.crops).mean() < 2.0  # JPEG q97
+    assert back.identities == cs.identities and back.sources == cs.sources
+    other = CropSet(cs.crops[:2], np.zeros(2, np.int32), ("other",), cs.region[:2], ("other/a", "other/b"))
+    merged = merge_crop_sets([cs, other])
+    assert len(merged) == len(cs) + 2 and merged.identities[-1] == "other"
+    assert merged.identity[-1] == len(cs.identities)
+    with pytest.raises(ValueError):
+        merge_crop_sets([cs, cs])
+
+
+def test_sampler_shapes_and_reference_rules() -> None:
+    cs = synthetic_crops(n_ids=4, per_id=4)
+    cfg = SamplerConfig(scale=4, p_blank=0.3, p_wrong=0.0, p_fewer=0.3)
+    sampler = CropSampler(cs, cfg, seed=1)
+    lr, hr, refs, mask = sampler.sample(16)
+    assert lr.shape == (16, 3, 32, 32) and hr.shape == (16, 3, 128, 128)
+    assert refs.shape == (16, 3, 3, 128, 128) and mask.shape == (16, 3) and mask.dtype == torch.bool
+    assert float(hr.min()) >= 0 and float(hr.max()) <= 1
+    assert (refs[~mask] == 0).all()  # absent references are zeros
+    assert (~mask).all(1).any()  # some blank samples at p_blank=0.3
+    # LR is exactly the bicubic degradation of HR
+    assert torch.allclose(lr, bicubic_downsample(hr, 4))
+
+
+def test_canonical_view_is_the_centre_crop() -> None:
+    cs = synthetic_crops()
+    hr = canonical_view(cs)
+    assert hr.shape == (len(cs), 3, 128, 128)
+    m = (STORE_SIZE - 128) // 2
+    expected = torch.from_numpy(cs.crops[0, m : m + 128, m : m + 128]).permute(2, 0, 1).float() / 255
+    assert torch.allclose(hr[0], expected)
+
+
+def test_learning_rate_schedule() -> None:
+    cfg = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=10, steps=110)
+    assert learning_rate(cfg, TrainState(step=0)) == pytest.approx(1e-4)
+    assert learning_rate(cfg, TrainState(step=10)) == pytest.approx(0.5e-3 * (1 + np.cos(np.pi * 10 / 110)))
+    assert learning_rate(cfg, TrainState(step=110)) == pytest.approx(0.0, abs=1e-9)
+    timed = TrainConfig(lr=1e-3, min_lr=0.0, warmup_steps=0, steps=10**9, time_budget_s=100)
+    assert learning_rate(timed, TrainState(step=5, elapsed_s=50)) == pytest.approx(5e-4, rel=1e-3)
+
+
+def test_train_checkpoint_and_resume(tmp_path: Path) -> None:
+    cs = synthetic_crops()
+    cfg = TrainConfig(arch="hime_test_x4", batch=2, steps=3, log_every=1, val_every=1, warmup_steps=1)
+    model, state = train(cfg, cs, tmp_path / "run", val_crops=cs)
+    assert state.step == 3
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    assert ckpt.exists()
+    from hime_cli.sr.registry import create_model
+
+    fresh = create_model("hime_test_x4")
+    opt = torch.optim.Adam(fresh.parameters())
+    resumed = load_checkpoint(ckpt, fresh, opt)
+    assert resumed.step == 3
+    for (k, a), b in zip(model.state_dict().items(), fresh.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert len(opt.state_dict()["state"]) == len(list(fresh.parameters()))
+    cfg5 = TrainConfig(arch="hime_test_x4", batch=2, steps=5, log_every=1, val_every=100, warmup_steps=1)
+    _, state5 = train(cfg5, cs, tmp_path / "run", resume=True)
+    assert state5.step == 5
+    lines = [json.loads(s) for s in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines if "final" not in r][-2:] == [4, 5]
+
+
+def test_eval_plan_never_uses_the_target_or_its_identity_for_wrong_refs() -> None:
+    cs = synthetic_crops(n_ids=3, per_id=4)
+    plan = make_plan(cs, n_refs=3)
+    assert len(plan.targets) == len(cs)
+    for t, refs, wrong in zip(plan.targets, plan.refs, plan.wrong_refs, strict=True):
+        assert t not in refs
+        assert all(cs.identity[r] == cs.identity[t] for r in refs if r >= 0)
+        assert all(cs.identity[w] != cs.identity[t] for w in wrong if w >= 0)
+    limited = make_plan(cs, n_refs=3, limit=3)
+    assert len(np.unique(cs.identity[limited.targets])) == 3  # spread over identities
+
+
+def test_evaluate_reports_every_method() -> None:
+    from hime_cli.sr.registry import create_model
+
+    cs = synthetic_crops()
+    torch.manual_seed(0)
+    result = evaluate(create_model("hime_test_x4").eval(), cs, scale=4, limit=4, with_identity=False)
+    assert set(result["methods"]) == {"bicubic", "hime", "hime_blank", "hime_wrong_refs"}
+    assert result["faces"] == 4 and result["lr_size"] == 32
+    assert result["methods"]["bicubic"]["psnr"] > 15
+    assert "ms_per_face" in result["methods"]["hime"]
+
+
+def test_cli_train_then_eval(tmp_path: Path) -> None:
+    cs = synthetic_crops()
+    data = tmp_path / "crops.npz"
+    cs.save(data)
+    runner = CliRunner()
+    res = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(data),
+            "--run",
+            str(tmp_path / "r"),
+            "--variant",
+            "test",
+            "--steps",
+            "2",
+            "--batch",
+            "2",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    weights = tmp_path / "r" / "hime_test_x4.safetensors"
+    assert weights.exists()
+    res = runner.invoke(
+        app, ["eval", str(data), "--weights", str(weights), "--limit", "3", "--no-identity", "--json"]
+    )
+    assert res.exit_code == 0, res.output
+    obj = json.loads(res.stdout)
+    assert obj["scale"] == 4 and obj["faces"] == 3 and obj["params"] > 0
+    assert set(obj["methods"]) == {"bicubic", "hime", "hime_blank", "hime_wrong_refs"}
+
+
+def test_cli_train_needs_a_budget(tmp_path: Path) -> None:
+    res = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--run", str(tmp_path / "r")])
+    assert res.exit_code == 2
