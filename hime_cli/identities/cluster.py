@@ -97,18 +97,18 @@ def cluster_embeddings(
 
 def _pairwise_distance_sums(a: np.ndarray, b: np.ndarray, b_groups: np.ndarray, n_groups: int) -> np.ndarray:
     """(len(a), n_groups) sums of Euclidean distances from each row of ``a`` to the rows of
-    ``b`` in each group (``b_groups`` in 0..n_groups-1), computed in chunks to bound memory."""
+    ``b`` in each group (``b_groups`` in 0..n_groups-1), in chunks of ``b`` to bound memory."""
     sums = np.zeros((a.shape[0], n_groups), dtype=np.float64)
+    order = np.argsort(b_groups, kind="stable")  # group members next to each other
+    b, b_groups = b[order], np.asarray(b_groups)[order]
     a_sq = np.einsum("ij,ij->i", a, a)
     chunk = 4096
     for start in range(0, b.shape[0], chunk):
-        bc = b[start : start + chunk]
+        bc, gc = b[start : start + chunk], b_groups[start : start + chunk]
         b_sq = np.einsum("ij,ij->i", bc, bc)
-        d2 = a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ bc.T)
-        d = np.sqrt(np.maximum(d2, 0.0))
-        onehot = np.zeros((bc.shape[0], n_groups), dtype=np.float64)
-        onehot[np.arange(bc.shape[0]), b_groups[start : start + chunk]] = 1.0
-        sums += d @ onehot
+        d = np.sqrt(np.maximum(a_sq[:, None] + b_sq[None, :] - 2.0 * (a @ bc.T), 0.0))
+        runs = np.flatnonzero(np.r_[True, gc[1:] != gc[:-1]])  # first column of each group's run
+        sums[:, gc[runs]] += np.add.reduceat(d, runs, axis=1)
     return sums
 
 
@@ -117,20 +117,17 @@ def constrained_average_linkage(
     initial_groups: Sequence[int] | np.ndarray,
     threshold: float = DEFAULT_THRESHOLD,
     cannot_link: Iterable[tuple[int, int]] = (),
-    separate_groups: bool = True,
 ) -> np.ndarray:
-    """Average-linkage agglomeration that starts from fixed groups and respects cannot-links.
+    """Average-linkage agglomeration of free items, next to fixed groups that never merge.
 
-    ``initial_groups[i]`` is a group number (>= 0) for items that must start (and stay)
-    together, or -1 for a free item. With ``separate_groups`` two different initial groups never
-    merge (existing identities stay apart). ``cannot_link`` holds pairs of item indices that must
-    end in different clusters. Clusters merge greedily, closest pair first (average Euclidean
-    distance between their items), while that distance is below ``threshold``. Returns canonical
-    labels: an item's cluster contains at most one initial group.
+    ``initial_groups[i]`` is a group number (>= 0) for items that start (and stay) together, or
+    -1 for a free item. Two different groups never merge (existing identities stay apart); a
+    free cluster may join one group. ``cannot_link`` holds pairs of item indices that must end in
+    different clusters. Clusters merge greedily, closest pair first (average Euclidean distance
+    between their items), while that distance is below ``threshold``. Returns canonical labels.
 
-    Memory is O(C^2) for C = number of initial groups + free items; the distances needed are
-    only those from free items to everything (group-to-group distances are never used when
-    groups are kept apart).
+    Memory is O(M * (M + K)) for M free items and K groups: group-to-group distances are never
+    needed, so a library with thousands of identities and a few hundred new faces stays small.
     """
     emb = _as_embeddings(emb)
     n = emb.shape[0]
@@ -140,94 +137,93 @@ def constrained_average_linkage(
     if n == 0:
         return np.zeros(0, dtype=np.int64)
 
-    # Initial clusters: one per distinct group (ordered by first item), then one per free item.
     group_ids = [int(g) for g in dict.fromkeys(groups.tolist()) if g >= 0]
     group_index = {g: k for k, g in enumerate(group_ids)}
     n_groups = len(group_ids)
     free_items = np.flatnonzero(groups < 0)
-    n_clusters = n_groups + len(free_items)
+    m = len(free_items)
+    # Cluster numbering: free clusters 0..m-1 (one per free item), groups m..m+K-1.
     item_cluster = np.empty(n, dtype=np.int64)
     for i, g in enumerate(groups.tolist()):
         if g >= 0:
-            item_cluster[i] = group_index[g]
-    item_cluster[free_items] = n_groups + np.arange(len(free_items))
-    sizes = np.bincount(item_cluster, minlength=n_clusters).astype(np.float64)
-
-    # Sum of pairwise distances between clusters. Group-to-group sums are only needed when
-    # groups may merge.
-    dsum = np.zeros((n_clusters, n_clusters), dtype=np.float64)
-    if len(free_items):
-        free_to_all = _pairwise_distance_sums(emb[free_items], emb, item_cluster, n_clusters)
-        dsum[n_groups:, :] = free_to_all
-        dsum[:, n_groups:] = free_to_all.T
-    if n_groups and not separate_groups:
-        grouped = np.flatnonzero(groups >= 0)
-        g_to_g = np.zeros((n_groups, n_groups))
-        for k in range(n_groups):
-            members = np.flatnonzero(item_cluster == k)
-            g_to_g[k] = _pairwise_distance_sums(
-                emb[members], emb[grouped], item_cluster[grouped], n_groups
-            ).sum(0)
-        dsum[:n_groups, :n_groups] = g_to_g
-
-    forbidden = np.zeros((n_clusters, n_clusters), dtype=bool)
-    np.fill_diagonal(forbidden, True)
-    if separate_groups and n_groups:
-        forbidden[:n_groups, :n_groups] = True
-    for a, b in cannot_link:
-        ca, cb = item_cluster[a], item_cluster[b]
+            item_cluster[i] = m + group_index[g]
+    item_cluster[free_items] = np.arange(m)
+    links = [(int(item_cluster[a]), int(item_cluster[b]), a, b) for a, b in cannot_link]
+    for ca, cb, a, b in links:
         if ca == cb:
             raise ValueError(f"cannot-link items {a} and {b} start in the same group")
-        forbidden[ca, cb] = forbidden[cb, ca] = True
+    if m == 0:
+        return canonical_labels(item_cluster)
+    sizes = np.bincount(item_cluster, minlength=m + n_groups).astype(np.float64)
 
-    active = np.ones(n_clusters, dtype=bool)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        avg = dsum / np.outer(sizes, sizes)
-    avg[forbidden] = np.inf
-    row_arg = np.argmin(avg, axis=1)
-    row_min = avg[np.arange(n_clusters), row_arg]
-    parent = np.arange(n_clusters)
+    # dsum[i, c]: sum of distances between free cluster i and cluster c (free or group).
+    dsum = _pairwise_distance_sums(emb[free_items], emb, item_cluster, m + n_groups)
+    forbidden = np.zeros((m, m + n_groups), dtype=bool)
+    forbidden[np.arange(m), np.arange(m)] = True
+    for ca, cb, _, _ in links:
+        if ca < m:
+            forbidden[ca, cb] = True
+        if cb < m:
+            forbidden[cb, ca] = True
+
+    active = np.ones(m + n_groups, dtype=bool)  # free clusters still standing (groups always are)
+    parent = np.arange(m + n_groups)
+
+    def row(i: int) -> np.ndarray:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r = dsum[i] / (sizes[i] * sizes)
+        r[forbidden[i] | ~active] = np.inf
+        return r
+
+    row_arg = np.empty(m, dtype=np.int64)
+    row_min = np.empty(m)
+    for i in range(m):
+        r = row(i)
+        row_arg[i] = int(np.argmin(r))
+        row_min[i] = r[row_arg[i]]
+
+    def refresh(rows: np.ndarray) -> None:
+        for k in rows:
+            r = row(int(k))
+            row_arg[k] = int(np.argmin(r))
+            row_min[k] = r[row_arg[k]]
 
     while True:
         i = int(np.argmin(row_min))
         if not row_min[i] < threshold:
             break
         j = int(row_arg[i])
-        i, j = min(i, j), max(i, j)  # keep the lower index: deterministic and order-stable
-        # Merge j into i (Lance-Williams for average linkage is just adding the sums).
-        dsum[i, :] += dsum[j, :]
-        dsum[:, i] = dsum[i, :]
-        sizes[i] += sizes[j]
-        forbidden[i, :] |= forbidden[j, :]
-        forbidden[:, i] = forbidden[i, :]
-        forbidden[i, i] = True
+        if j < m:
+            # Two free clusters: keep the lower index (deterministic), add the sums.
+            i, j = min(i, j), max(i, j)
+            keep = i
+            dsum[i] += dsum[j]
+            dsum[:, i] += dsum[:, j]
+            forbidden[i] |= forbidden[j]
+            forbidden[:, i] |= forbidden[:, j]
+            forbidden[i, i] = True
+        else:
+            # A free cluster joins a group: the group absorbs it.
+            keep = j
+            dsum[:, j] += dsum[:, i]
+            forbidden[:, j] |= forbidden[:, i]
+            j = i
+        sizes[keep] += sizes[j]
         active[j] = False
-        parent[j] = i
-        avg[j, :] = np.inf
-        avg[:, j] = np.inf
+        parent[j] = keep
         row_min[j] = np.inf
-        with np.errstate(divide="ignore", invalid="ignore"):
-            new_row = dsum[i, :] / (sizes[i] * sizes)
-        new_row[forbidden[i, :] | ~active] = np.inf
-        avg[i, :] = new_row
-        avg[:, i] = new_row
-        # Row i changed entirely; other rows changed in columns i and j only.
-        row_arg[i] = int(np.argmin(avg[i]))
-        row_min[i] = avg[i, row_arg[i]]
-        stale = active & ((row_arg == i) | (row_arg == j))
-        stale[i] = False
-        for k in np.flatnonzero(stale):
-            row_arg[k] = int(np.argmin(avg[k]))
-            row_min[k] = avg[k, row_arg[k]]
-        better = active & (avg[:, i] < row_min)
-        better[i] = False
-        row_arg[better] = i
-        row_min[better] = avg[better, i]
+        # Rows whose best partner took part in the merge: recompute. No other row can improve:
+        # average linkage is reducible, d(k, i+j) is a weighted mean of d(k, i) and d(k, j),
+        # never below the smaller (and a forbidden pair stays forbidden).
+        stale = (row_arg == keep) | (row_arg == j)
+        if keep < m:
+            stale[keep] = True
+        stale &= active[:m]
+        refresh(np.flatnonzero(stale))
 
     def root(c: int) -> int:
         while parent[c] != c:
             c = int(parent[c])
         return c
 
-    roots = np.array([root(int(c)) for c in item_cluster])
-    return canonical_labels(roots)
+    return canonical_labels(np.array([root(int(c)) for c in item_cluster]))

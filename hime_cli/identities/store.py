@@ -206,7 +206,7 @@ def update_identities(
         )
         emb = np.stack([f.embedding for f in usable]).astype(np.float64)
         if (groups >= 0).any():
-            labels = constrained_average_linkage(emb, groups, thr, separate_groups=True)
+            labels = constrained_average_linkage(emb, groups, thr)
         else:
             labels = cluster_embeddings(emb, thr)  # the same partition; sklearn is lighter here
 

@@ -86,10 +86,15 @@ def test_groups_stay_apart_and_free_items_join_nearest_group() -> None:
     assert labels[4] == labels[5] and labels[4] not in (labels[0], labels[1])  # a new identity
 
 
-def test_groups_may_merge_when_allowed() -> None:
-    emb = np.array([[0.0, 0.0], [0.1, 0.0], [0.05, 0.0]])
-    labels = constrained_average_linkage(emb, [0, 1, -1], threshold=1.0, separate_groups=False)
-    assert labels.tolist() == [0, 0, 0]
+def test_cannot_link_between_a_group_and_a_free_item() -> None:
+    emb = np.array([[0.0], [0.05], [0.2]])
+    assert constrained_average_linkage(emb, [0, -1, -1], 1.0).tolist() == [0, 0, 0]
+    labels = constrained_average_linkage(emb, [0, -1, -1], 1.0, cannot_link=[(2, 0)])
+    assert labels.tolist() == [0, 0, 1]
+
+
+def test_only_groups() -> None:
+    assert constrained_average_linkage(np.zeros((3, 2)), [4, 4, 2], 1.0).tolist() == [0, 0, 1]
 
 
 def test_cannot_link_is_respected() -> None:
@@ -110,3 +115,49 @@ def test_group_average_uses_all_members() -> None:
     emb = np.array([[0.0], [2.0], [0.3]])
     assert constrained_average_linkage(emb, [0, 0, -1], 0.9).tolist() == [0, 0, 1]
     assert constrained_average_linkage(emb, [0, 0, -1], 1.1).tolist() == [0, 0, 0]
+
+
+def naive_constrained(emb: np.ndarray, groups: list[int], threshold: float, cannot_link=()) -> np.ndarray:
+    """Reference: the same greedy rule written the slow, obvious way."""
+    d = np.linalg.norm(emb[:, None] - emb[None], axis=-1)
+    clusters: list[tuple[list[int], bool]] = []  # (items, is_group)
+    for g in dict.fromkeys(x for x in groups if x >= 0):
+        clusters.append(([i for i, x in enumerate(groups) if x == g], True))
+    clusters += [([i], False) for i, x in enumerate(groups) if x < 0]
+    while True:
+        best = None
+        for a in range(len(clusters)):
+            for b in range(a + 1, len(clusters)):
+                (ia, ga), (ib, gb) = clusters[a], clusters[b]
+                if ga and gb:
+                    continue
+                if any((x in ia and y in ib) or (y in ia and x in ib) for x, y in cannot_link):
+                    continue
+                dist = d[np.ix_(ia, ib)].mean()
+                if best is None or dist < best[0]:
+                    best = (dist, a, b)
+        if best is None or not best[0] < threshold:
+            break
+        _, a, b = best
+        merged = (clusters[a][0] + clusters[b][0], clusters[a][1] or clusters[b][1])
+        clusters = [c for k, c in enumerate(clusters) if k not in (a, b)] + [merged]
+    labels = np.empty(len(groups), dtype=int)
+    for k, (items, _) in enumerate(clusters):
+        labels[items] = k
+    return canonical_labels(labels)
+
+
+@pytest.mark.parametrize("seed", range(12))
+def test_constrained_matches_naive_reference(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    emb, _ = blobs(seed, n_people=4, dim=8, spread=0.35)
+    emb = emb[:24]
+    groups = [-1] * len(emb)
+    for i in rng.choice(len(emb), size=6, replace=False):  # some items pre-grouped in 3 groups
+        groups[i] = int(rng.integers(0, 3))
+    free = [i for i, g in enumerate(groups) if g < 0]
+    links = [tuple(int(x) for x in rng.choice(free, size=2, replace=False)) for _ in range(2)]
+    for threshold in (0.5, 0.9, 1.4):
+        expected = naive_constrained(emb, groups, threshold, links)
+        got = constrained_average_linkage(emb, groups, threshold, cannot_link=links)
+        assert got.tolist() == expected.tolist(), (seed, threshold)
