@@ -9,7 +9,7 @@ BUDGET=${BUDGET:-420}
 DEVICE=${DEVICE:-cuda}
 TRAIN=${TRAIN:-.gpu/train_crops.npz}
 VAL=${VAL:-.gpu/dev_crops.npz}
-ARCHS=${ARCHS:-"hime_small_x4:64 hime_small_x8:64 hime_large_x4:32"}
+ARCHS=${ARCHS:-"hime_small_x4:32 hime_small_x8:32 hime_large_x4:32"}
 export PYTHONPATH=$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 mkdir -p "$OUT" runs

@@ -45,7 +45,11 @@ def register(app: typer.Typer) -> None:
         if threads:
             torch.set_num_threads(threads)
         model, label = load_model_for_eval(weights, scale)
-        crops = load_or_prepare(data, log=lambda s: err.print(s, highlight=False, markup=False))
+        # A quick --limit run only prepares enough identity folders for that many faces.
+        limit_ids = max(2, -(-limit // 4)) if limit else None
+        crops = load_or_prepare(
+            data, log=lambda s: err.print(s, highlight=False, markup=False), limit_identities=limit_ids
+        )
         if len(crops) == 0:
             raise UsageError(f"no usable faces found in {data}")
         with Progress(console=err, disable=not progress_enabled()) as bar:

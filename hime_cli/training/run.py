@@ -16,8 +16,13 @@ from pathlib import Path
 from hime_cli.training.prepare import CropSet
 
 
-def load_or_prepare(data: Path, log: Callable[[str], None] = print) -> CropSet:
-    """A crop set from a prepared ``.npz`` or from identity folders (prepared once, then cached)."""
+def load_or_prepare(
+    data: Path, log: Callable[[str], None] = print, limit_identities: int | None = None
+) -> CropSet:
+    """A crop set from a prepared ``.npz`` or from identity folders (prepared once, then cached).
+
+    ``limit_identities`` prepares only the first N identity folders (sorted), e.g. for a quick eval.
+    """
     data = Path(data)
     if data.suffix == ".npz":
         return CropSet.load(data)
@@ -28,13 +33,13 @@ def load_or_prepare(data: Path, log: Callable[[str], None] = print) -> CropSet:
     from hime_cli.paths import get_paths
     from hime_cli.training.prepare import prepare_crops
 
-    key = hashlib.sha256(str(data.resolve()).encode()).hexdigest()[:16]
+    key = hashlib.sha256(f"{data.resolve()}|{limit_identities}".encode()).hexdigest()[:16]
     cache = get_paths().crops_dir / f"{data.name}-{key}.npz"
     if cache.exists():
         log(f"using cached crops {cache}")
         return CropSet.load(cache)
     log(f"preparing face crops from {data} (cached in {cache})")
-    crops, stats = prepare_crops(data)
+    crops, stats = prepare_crops(data, limit_identities=limit_identities)
     log(json.dumps(stats))
     crops.save(cache)
     return crops
