@@ -19,7 +19,7 @@ from hime_cli.library.index import LibraryIndex
 from hime_cli.library.scan import ScanEvent, scan_paths
 from tests.conftest import REPO_ROOT
 from tests.library.corpus import asymmetric_rgb, broken_files, save_oriented, write_png16
-from tests.library.fakes import CentreDetector, MeanColourEmbedder
+from tests.library.fakes import CentreDetector, CrashingDetector, MeanColourEmbedder
 
 
 def _photo(path: Path, seed: int, size: tuple[int, int] = (96, 64)) -> Path:
@@ -153,7 +153,9 @@ def test_broken_files_never_stop_a_scan(
 ) -> None:
     broken = broken_files(library / "broken")
     locked = _photo(library / "broken" / "locked.jpg", seed=5)
-    if os.geteuid() == 0:
+    # As root nothing is unreadable: fake it, in-process (a worker process would not see the patch).
+    as_root = os.geteuid() == 0
+    if as_root:
         real_open = builtins.open
 
         def fake_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
@@ -165,7 +167,7 @@ def test_broken_files_never_stop_a_scan(
     else:
         locked.chmod(0)
     with LibraryIndex.open() as index:
-        report, _, _ = _scan([library], index)
+        report, _, _ = _scan([library], index, parallel=not as_root)
         assert report.new == 3
         reasons = {f.path.name: f.reason for f in report.failures}
         assert set(reasons) == {p.name for p in broken.values()} | {"locked.jpg"}
@@ -177,8 +179,23 @@ def test_broken_files_never_stop_a_scan(
         failed = {p.path.name: p.error for p in index.iter_photos(status="failed")}
         assert failed == reasons
         # Failed photos are retried (and reported) on every scan, not silently skipped.
-        report, _, _ = _scan([library], index)
+        report, _, _ = _scan([library], index, parallel=not as_root)
         assert report.failed == 6 and report.unchanged == 3
+
+
+def test_worker_process_handles_broken_files_and_survives_a_crash(library: Path) -> None:
+    broken = broken_files(library / "broken")
+    for i in range(6):
+        _photo(library / "more" / f"m{i}.jpg", seed=10 + i)
+    _photo(library / "more" / "m2_crash.jpg", seed=20, size=(77, 64))  # kills the worker
+    with LibraryIndex.open() as index:
+        report, _, _ = _scan([library], index, detector=CrashingDetector(77))
+        assert report.photos == 3 + 6 + 1 + len(broken)
+        assert report.new == 9 and report.faces_found == 9
+        reasons = {f.path.name: f.reason for f in report.failures}
+        assert set(reasons) == {p.name for p in broken.values()} | {"m2_crash.jpg"}
+        assert "crashed" in reasons["m2_crash.jpg"]
+        assert "decompression bomb" in reasons["bomb.png"]
 
 
 def test_unusual_valid_photos_are_indexed(tmp_path: Path) -> None:
@@ -246,7 +263,7 @@ _KILL_SCRIPT = """
 import sys
 from hime_cli.library.index import LibraryIndex
 from hime_cli.library.scan import scan_paths
-from tests.library.fakes import CentreDetector, MeanColourEmbedder
+from tests.library.fakes import CentreDetector, CrashingDetector, MeanColourEmbedder
 with LibraryIndex.open(sys.argv[1]) as index:
     scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(delay_s=float(sys.argv[3])), detector=CentreDetector())
 """
