@@ -122,7 +122,7 @@ def render_contact_sheet(
     pad, caption, border = 8, 18, 4
     cell_w, cell_h = thumb + 2 * border + pad, thumb + 2 * border + caption + pad
     header = 56
-    width = max(pad + cols * cell_w, 420)
+    width = max(pad + cols * cell_w, 640)
     height = header + rows * cell_h + pad + (22 if footer else 0)
     sheet = Image.new("RGB", (width, height), SHEET_BACKGROUND)
     draw = ImageDraw.Draw(sheet)
@@ -130,7 +130,12 @@ def render_contact_sheet(
     # Legend: a swatch outlined like an exemplar tile.
     lx, ly = pad, 32
     draw.rectangle([lx, ly, lx + 16, ly + 16], outline=EXEMPLAR_COLOUR, width=border, fill=TILE_BACKGROUND)
-    draw.text((lx + 24, ly), "exemplar (usable reference); #n = face id", fill=(0, 0, 0), font=_font(13))
+    draw.text(
+        (lx + 24, ly),
+        "= exemplar (usable reference)   #face id, native size   typical faces first, doubtful last",
+        fill=(0, 0, 0),
+        font=_font(13),
+    )
     small = _font(12)
     for k, (crop, label, is_exemplar) in enumerate(tiles):
         r, c = divmod(k, cols)
@@ -248,6 +253,10 @@ def export_exemplars(
             break
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # A previous export of this identity is replaced, not mixed with this one (only files
+    # named the way this function names them are removed).
+    for old in out_dir.glob(f"identity{live}_[0-9][0-9][0-9]_face*.png"):
+        old.unlink()
     photos = _PhotoCache()
     written: list[ExportedCrop] = []
     failed: list[tuple[Face, str]] = []

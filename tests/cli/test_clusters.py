@@ -201,6 +201,12 @@ def test_export_writes_exemplar_crops(library: dict[str, list[int]], tmp_path: P
         h, w, _ = crop.shape
         assert tuple(crop[h // 2, w // 2]) == (255, 0, 0)
         assert abs(crop[2, 2] - 128).max() <= 2
+    # Exporting again replaces the previous crops (nothing stale left for --refs), and keeps other files.
+    (out / "notes.txt").write_text("mine")
+    (out / f"identity{ann}_009_face999.png").write_bytes(b"stale")
+    result = runner.invoke(app, ["clusters", "export", str(ann), str(out), "--limit", "1"])
+    assert result.exit_code == 0, result.output
+    assert len(list(out.glob("*.png"))) == 1 and (out / "notes.txt").read_text() == "mine"
     # An identity with no usable face is a usage error.
     cy = identity_of(library["cy"][0])
     result = runner.invoke(app, ["clusters", "export", str(cy), str(tmp_path / "cy")])
