@@ -19,7 +19,7 @@ for spec in $ARCHS; do
   arch=${spec%%:*}; batch=${spec##*:}
   RESUME=""
   [ -f ".gpu/$arch.ckpt.safetensors" ] && mkdir -p "runs/$arch" && cp ".gpu/$arch.ckpt.safetensors" "runs/$arch/checkpoint.safetensors" && RESUME="--resume"
-  "$PY" -m hime_cli.training.run --data "$TRAIN" --val-data "$VAL" --run "runs/$arch" --arch "$arch" \
+  timeout $((${BUDGET%.*} + 120)) "$PY" -m hime_cli.training.run --data "$TRAIN" --val-data "$VAL" --run "runs/$arch" --arch "$arch" \
     --time-budget "$BUDGET" --batch "$batch" --device "$DEVICE" --checkpoint-minutes 2 $RESUME > "runs/$arch.log" 2>&1 &
 done
 wait
@@ -27,6 +27,10 @@ for spec in $ARCHS; do
   arch=${spec%%:*}
   cp "runs/$arch/$arch.safetensors" "$OUT/" 2>/dev/null
   cp "runs/$arch/checkpoint.safetensors" "$OUT/$arch.ckpt.safetensors" 2>/dev/null
-  sed "s/^/$arch /" "runs/$arch/log.jsonl" >> "$OUT/train_logs.txt" 2>/dev/null
 done
-for spec in $ARCHS; do arch=${spec%%:*}; echo "== $arch"; tail -n 4 "runs/$arch.log"; done | tee "$OUT/summary.txt"
+{
+  for spec in $ARCHS; do arch=${spec%%:*}; echo "== $arch"; tail -n 3 "runs/$arch.log"; sed "s/^/$arch /" "runs/$arch/log.jsonl"; done
+  echo "== dev evaluation"
+  "$PY" benchmarks/gpu_eval.py "$VAL" $(for spec in $ARCHS; do echo "runs/${spec%%:*}/${spec%%:*}.safetensors"; done)
+} > "$OUT/report.txt" 2>&1
+grep -v '"step"' "$OUT/report.txt" | tail -n 30

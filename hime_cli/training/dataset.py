@@ -87,7 +87,7 @@ class CropSampler:
         grid = F.affine_grid(theta, [len(index), 3, HR_SIZE, HR_SIZE], align_corners=False)
         if flip.any():
             f = torch.from_numpy(flip).to(self.device)
-            grid[f] = grid[f].flip(2) * torch.tensor([-1.0, 1.0], device=self.device)  # mirror x
+            grid[f] = grid[f].flip(2)  # mirror the output horizontally
         return F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(
             0, 1
         )

@@ -164,3 +164,15 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
 def test_cli_train_needs_a_budget(tmp_path: Path) -> None:
     res = CliRunner().invoke(app, ["train", "--data", str(tmp_path), "--run", str(tmp_path / "r")])
     assert res.exit_code == 2
+
+
+def test_sampler_flip_mirrors_the_face() -> None:
+    cs = synthetic_crops(n_ids=2, per_id=2)
+    cfg = SamplerConfig(rot_deg=0, shift=0, scale_jitter=0, p_zoom=0, ref_rot_deg=0, ref_shift=0)
+    sampler = CropSampler(cs, cfg, seed=0)
+    idx = np.array([0])
+    theta = sampler._theta(1, 0, 0, 0, np.ones(1))
+    plain = sampler._warp(idx, theta, np.array([False]))
+    mirrored = sampler._warp(idx, theta, np.array([True]))
+    assert torch.allclose(mirrored, plain.flip(-1), atol=1e-5)
+    assert not torch.allclose(mirrored, plain, atol=1e-2)
