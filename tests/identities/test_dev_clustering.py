@@ -1,11 +1,14 @@
 """Clustering quality on real faces: celeba-wild/dev (folder names are the truth).
 
-Ten identities (about 250 photos) keep it around a minute on a CPU; the full 36-identity numbers
-come from ``benchmarks/tune_clustering.py`` (docs/clustering.md).
+By default the first ten identities (about 220 faces: a minute or two on a quiet CPU);
+``HIME_DEV_IDENTITIES=0`` runs all 36 (the issue's requirement, F1 0.952 there; also reported by
+``benchmarks/tune_clustering.py``, see docs/clustering.md). The first ten score 0.938 at the
+tuned threshold: subsets of ten range from about 0.93 to 0.99.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +19,7 @@ from hime_cli.identities.metrics import bcubed_prf, pairwise_prf
 from hime_cli.identities.store import update_identities
 from hime_cli.library.index import LibraryIndex, ScannedFace
 
-N_IDENTITIES = 10
+N_IDENTITIES = int(os.environ.get("HIME_DEV_IDENTITIES", "10"))  # 0: all
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +36,8 @@ def dev_faces(shared_data: Path) -> list[tuple[Path, str, ScannedFace]]:
         pytest.skip(f"{dev} is absent")
     detector, embedder = get_detector(), get_embedder("dlib")
     result = []
-    for folder in sorted(p for p in dev.iterdir() if p.is_dir())[:N_IDENTITIES]:
+    folders = sorted(p for p in dev.iterdir() if p.is_dir())
+    for folder in folders[:N_IDENTITIES] if N_IDENTITIES > 0 else folders:
         for photo in sorted(folder.glob("*.jpg")):
             with Image.open(photo) as im:
                 rgb = np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
@@ -55,7 +59,7 @@ def test_dev_pairwise_f1_from_scratch(dev_faces) -> None:
     labels = cluster_embeddings(emb).tolist()
     pw = pairwise_prf(truth, labels)
     print(f"pairwise {pw}, bcubed {bcubed_prf(truth, labels)}")
-    assert len(truth) > 200
+    assert len(truth) > 20 * min(N_IDENTITIES or 36, 36)
     assert pw.f1 >= 0.93
 
 
