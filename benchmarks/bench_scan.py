@@ -3,8 +3,8 @@
     .venv/bin/python benchmarks/bench_scan.py                       # celeba-wild/dev, 875 photos
     .venv/bin/python benchmarks/bench_scan.py DIR --limit 100 --compare --json out.json
 
-Same measurement as ``hime bench scan``; ``--compare`` also runs the single-threaded scan so the
-gain of the two-stage pipeline is measured on the same machine in the same run. Every face is
+Same measurement as ``hime bench scan``; ``--compare`` also runs the in-process scan (no worker
+processes) so the gain of the workers is measured on the same machine in the same run. Every face is
 embedded; the index is a fresh temporary one. Report the machine's load average with the numbers
 (it is printed): on a shared machine the rate mostly measures the neighbours.
 """
@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="only the first N photos")
     parser.add_argument("--embedder", default="dlib")
     parser.add_argument("--rescan-photos", type=int, default=5000, help="0 to skip the re-scan measurement")
-    parser.add_argument("--compare", action="store_true", help="also run the sequential scan")
+    parser.add_argument("--compare", action="store_true", help="also run the in-process scan")
+    parser.add_argument(
+        "--workers", type=int, default=None, help="worker processes (default: usable cores, <= 4)"
+    )
     parser.add_argument("--json", type=Path, default=None, help="write the results to this file")
     args = parser.parse_args(argv)
 
@@ -42,13 +45,15 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, object] = {}
     runs = [True, False] if args.compare else [True]
     for parallel in runs:
-        name = "pipelined" if parallel else "sequential"
-        result = bench_scan(args.folder, limit=args.limit, embedder=args.embedder, parallel=parallel)
+        name = "workers" if parallel else "in-process"
+        result = bench_scan(
+            args.folder, limit=args.limit, embedder=args.embedder, parallel=parallel, workers=args.workers
+        )
         results[name] = result.to_dict()
         print(
             f"{name:10} {result.photos} photos ({result.failed} failed), {result.faces} faces, {result.seconds:.1f} s: "
             f"{result.photos_per_s:.2f} photos/s, {result.ms_per_face} ms/face "
-            f"[{result.cpu_count} CPUs, load {result.load_average}]",
+            f"[{result.workers} worker(s), {result.cpu_count} CPUs, load {result.load_average}]",
             flush=True,
         )
     if args.rescan_photos > 0:

@@ -27,7 +27,10 @@ def scan_cmd(
         help="Size of the synthetic unchanged index whose re-scan is timed (0: skip).",
     ),
     sequential: bool = typer.Option(
-        False, "--sequential", help="One thread instead of the two-stage pipeline."
+        False, "--sequential", help="Analyse in this process (no worker processes)."
+    ),
+    workers: int | None = typer.Option(
+        None, "--workers", "-w", help="Worker processes (default: the usable cores, at most 4)."
     ),
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
 ) -> None:
@@ -38,7 +41,7 @@ def scan_cmd(
     if not folder.is_dir():
         raise UsageError(f"not a folder: {folder}")
     err.print(f"Scanning {folder} into a temporary index …", highlight=False)
-    result = bench_scan(folder, limit=limit, embedder=embedder, parallel=not sequential)
+    result = bench_scan(folder, limit=limit, embedder=embedder, parallel=not sequential, workers=workers)
     rescan = None
     if rescan_photos > 0:
         err.print(f"Timing the re-scan of an unchanged {rescan_photos}-photo index …", highlight=False)
@@ -50,7 +53,7 @@ def scan_cmd(
         f"scan: {result.photos} photos, {result.faces} faces in {result.seconds:.1f} s → "
         f"[bold]{result.photos_per_s:.2f} photos/s[/], "
         + (f"{result.ms_per_face:.0f} ms per face" if result.ms_per_face else "no faces")
-        + f" ({result.embedder}, {'sequential' if sequential else 'pipelined'}, {result.cpu_count} CPUs, "
+        + f" ({result.embedder}, {result.workers} worker(s), {result.cpu_count} CPUs, "
         f"load {result.load_average}; models loaded in {result.model_load_s:.1f} s)",
         highlight=False,
     )

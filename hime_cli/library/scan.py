@@ -9,14 +9,20 @@ same path is a mere touch. Everything else is decoded, detected and embedded.
 Each photo's row and faces are written in one transaction, so a scan killed at any point (even by
 SIGKILL) leaves a consistent index, and the next scan carries on with what is left.
 
-Both cores work: a worker *process* reads, hashes, decodes and detects (MTCNN, torch on one
-thread) a few photos ahead while the calling process embeds (dlib) and writes. A process, not a
-thread: dlib holds the GIL while it computes, which starved a detection thread (measured: a
-Python thread ran at 7 % of its speed during dlib embedding, 64 % during a torch matmul). A
-worker that dies on a photo (a decoder crash) costs that photo only: it is recorded as failed and
-a fresh worker takes the rest. Small scans (under ``PROCESS_MIN_PHOTOS`` photos to process) run
-in-process, as the worker costs a few seconds to start. Nothing here prints; progress goes
-through a callback.
+All cores work: one worker *process* per core (at most ``MAX_WORKERS``) reads, hashes, decodes,
+detects (MTCNN, torch on one thread) and embeds (dlib) whole photos; the calling process only
+writes. Processes, not threads: dlib holds the GIL while it computes (measured: a Python thread
+ran at 7 % of its speed during a dlib embedding, 64 % during a torch matmul). Whole photos per
+worker, not one stage per process: on 2 idle pinned cores, "detect in a worker, embed in the
+caller" ran at 5.3 photos/s, no faster than one process (5.4), because detection on one thread
+(~190 ms) dwarfs embedding (~80 ms) and the stages cannot be balanced.
+
+A worker that dies on a photo (a decoder crash, the out-of-memory killer) costs that photo only:
+the photos it may have been working on are re-run one at a time in a fresh worker, the culprit is
+recorded as failed, and the scan goes on. If workers cannot start at all (e.g. a script without
+an ``if __name__ == "__main__":`` guard), the scan carries on in-process. Scans with fewer than
+``PROCESS_MIN_PHOTOS`` photos to process run in-process (a worker costs seconds to start).
+Nothing here prints; progress goes through a callback.
 """
 
 from __future__ import annotations
@@ -31,7 +37,6 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -40,13 +45,7 @@ import numpy as np
 
 from hime_cli.errors import HimeError
 from hime_cli.library.index import KnownPhoto, LibraryIndex, ScannedFace, path_key
-from hime_cli.library.reader import (
-    PhotoMetadata,
-    decode_image,
-    iter_photos,
-    metadata_from_exif,
-    read_file,
-)
+from hime_cli.library.reader import PhotoMetadata, decode_image, iter_photos, metadata_from_exif, read_file
 
 if TYPE_CHECKING:
     from hime_cli.faces.embed import Embedder
@@ -54,10 +53,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Photos analysed ahead of the embedding stage (bounds memory: each holds a decoded image).
-_READ_AHEAD = 3
-# Fewer photos to process than this: no worker process (starting one costs a few seconds).
+# Fewer photos to process than this: no worker processes (starting one costs a few seconds).
 PROCESS_MIN_PHOTOS = 8
+# Each worker holds its own models (~0.5 GB); more than this rarely pays on a laptop.
+MAX_WORKERS = 4
+# Photos submitted per worker ahead of the writer (bounds memory and lost work on Ctrl-C).
+_QUEUE_PER_WORKER = 2
 
 
 class Detector(Protocol):
@@ -141,18 +142,18 @@ class _Pending:
 
 @dataclass
 class _Analysed:
-    """What the analysis stage found out about one pending photo (sent between processes)."""
+    """Everything the index needs about one photo (built in a worker, sent to the writer)."""
 
     pending: _Pending
     sha256: str | None = None
     move_from: int | None = None  # photo id whose file vanished and had this content
     touched: bool = False  # same path, same content, new stamp
-    rgb: np.ndarray | None = None  # (H, W, 3) uint8, oriented
+    width: int = 0  # upright
+    height: int = 0
     format: str | None = None
     orientation: int = 1
     metadata: PhotoMetadata | None = None
-    faces: list[DetectedFace] = field(default_factory=list)
-    sharpness: list[float] = field(default_factory=list)
+    faces: list[ScannedFace] = field(default_factory=list)
     error: str | None = None
 
 
@@ -166,22 +167,23 @@ class _Content:
 
 
 class _Analyser:
-    """Read → hash → (move? touch?) → decode → metadata → detect → sharpness, for one photo."""
+    """Read → hash → (move? touch?) → decode → metadata → detect → sharpness → embed, one photo."""
 
     def __init__(
         self,
         by_sha: dict[str, list[_Content]],
-        embedder_name: str,
+        embedder: str | Embedder,
         force: bool,
         detector: Detector | None,
         device: str,
     ) -> None:
         self._by_sha = by_sha
-        self._embedder_name = embedder_name
+        self._embedder: Embedder | None = None if isinstance(embedder, str) else embedder
+        self._embedder_name = embedder if isinstance(embedder, str) else embedder.name
         self._force = force
         self._detector = detector
         self._device = device
-        self.uses_default_detector = detector is None
+        self.uses_torch = detector is None or self._embedder_name == "facenet"
 
     def __call__(self, pending: _Pending, *, allow_shortcuts: bool = True) -> _Analysed:
         result = _Analysed(pending)
@@ -197,13 +199,18 @@ class _Analyser:
             result.orientation = decoded.orientation
             rgb = decoded.rgb_uint8()
             del decoded
-            result.rgb = rgb
-            if self._detector is None:
-                self._detector = _default_detector(self._device)
-            result.faces = list(self._detector.detect(rgb))
+            result.height, result.width = int(rgb.shape[0]), int(rgb.shape[1])
+            faces = list(self._get_detector().detect(rgb))
             from hime_cli.faces.quality import sharpness
 
-            result.sharpness = [sharpness(rgb, face) for face in result.faces]
+            sharp = [sharpness(rgb, face) for face in faces]
+            embeddings = self._get_embedder().embed(rgb, faces) if faces else None
+            result.faces = [
+                ScannedFace(
+                    face, s, None if embeddings is None else np.asarray(embeddings[i], dtype=np.float32)
+                )
+                for i, (face, s) in enumerate(zip(faces, sharp, strict=True))
+            ]
         except HimeError as exc:
             result.error = exc.message
         except MemoryError:
@@ -212,6 +219,20 @@ class _Analyser:
             log.debug("scan failed on %s", pending.path, exc_info=True)
             result.error = f"{type(exc).__name__}: {exc}"
         return result
+
+    def _get_detector(self) -> Detector:
+        if self._detector is None:
+            from hime_cli.faces.detect import get_detector
+
+            self._detector = get_detector(self._device)
+        return self._detector
+
+    def _get_embedder(self) -> Embedder:
+        if self._embedder is None:
+            from hime_cli.faces.embed import get_embedder
+
+            self._embedder = get_embedder(self._embedder_name)
+        return self._embedder
 
     def _shortcut(self, result: _Analysed) -> bool:
         """Moves and touches need no decoding: same content, faces already indexed."""
@@ -240,13 +261,16 @@ def scan_paths(
     *,
     detector: Detector | None = None,
     device: str = "cpu",
+    workers: int | None = None,
     parallel: bool = True,
 ) -> ScanReport:
     """Index every photo under ``paths`` into ``index``; see the module docstring.
 
     ``embedder`` is a name (``dlib``, ``facenet``) or an object with ``name`` and ``embed``;
-    ``detector`` defaults to the shared MTCNN detector. ``force`` re-processes every photo.
-    ``parallel=False`` runs everything on the calling thread (for debugging and measuring).
+    ``detector`` defaults to the shared MTCNN detector (objects passed here must be picklable:
+    workers receive copies). ``force`` re-processes every photo. ``workers`` defaults to the
+    number of usable cores (at most ``MAX_WORKERS``); ``parallel=False`` or ``workers=1``
+    analyses in this process.
     """
     started = time.perf_counter()
     roots = [Path(os.path.realpath(p)) for p in paths]
@@ -299,24 +323,28 @@ def scan_paths(
             continue
         todo.append(_Pending(Path(real), key, st.st_size, st.st_mtime_ns, entry))
 
-    # 2. The rest: read, hash, decode, detect, embed, write.
+    # 2. The rest: read, hash, decode, detect, embed (workers), write (here).
     if todo:
-        embed_model = _resolve_embedder(embedder)
-        analyser_args = (_contents_by_sha(index), embedder_name, force, detector, device)
-        analyser = _Analyser(*analyser_args)
-        use_worker = parallel and len(todo) >= PROCESS_MIN_PHOTOS
+        # Load the embedder here first: a missing model fails the scan at once, clearly.
+        embedder_obj = embedder if not isinstance(embedder, str) else _resolve_embedder(embedder)
+        by_sha = _contents_by_sha(index)
+        analyser_args = (by_sha, embedder, force, detector, device)
+        local = _Analyser(by_sha, embedder_obj, force, detector, device)
+        n_workers = worker_count(workers) if parallel else 1
+        if len(todo) < PROCESS_MIN_PHOTOS:
+            n_workers = 1
         claimed_moves: set[int] = set()
-        with _single_threaded_torch(use_worker):
-            for analysed in _analyse_all(todo, analyser, analyser_args if use_worker else None):
-                pending = analysed.pending
-                if analysed.move_from is not None and analysed.move_from in claimed_moves:
-                    # Two new files with the content of one vanished photo: only the first is a move.
-                    analysed = analyser(pending, allow_shortcuts=False)
-                outcome, n_faces, error = _store(index, analysed, embed_model, embedder_name)
-                if analysed.move_from is not None and outcome == "moved":
-                    claimed_moves.add(analysed.move_from)
-                faces_found += n_faces
-                emit(pending.path, outcome, n_faces, error)
+        for analysed in _analyse_all(todo, local, analyser_args, n_workers):
+            pending = analysed.pending
+            if analysed.move_from is not None and analysed.move_from in claimed_moves:
+                # Two new files with the content of one vanished photo: only the first is a move.
+                analysed = local(pending, allow_shortcuts=False)
+            outcome = _store(index, analysed, embedder_name)
+            if outcome == "moved" and analysed.move_from is not None:
+                claimed_moves.add(analysed.move_from)
+            n_faces = len(analysed.faces) if outcome in ("new", "updated") else 0
+            faces_found += n_faces
+            emit(pending.path, outcome, n_faces, analysed.error)
 
     missing = _count_missing(index, roots, seen)
     return ScanReport(
@@ -333,107 +361,139 @@ def scan_paths(
     )
 
 
-def _store(
-    index: LibraryIndex, analysed: _Analysed, embed_model: Embedder, embedder_name: str
-) -> tuple[str, int, str | None]:
-    """Write one analysed photo (one transaction); returns (outcome, faces found, error)."""
+def _store(index: LibraryIndex, analysed: _Analysed, embedder_name: str) -> str:
+    """Write one analysed photo (one transaction); returns the outcome.
+
+    Index errors (disk full, …) are not the photo's fault: they propagate and stop the scan.
+    """
     pending = analysed.pending
-    if analysed.error is None and analysed.move_from is not None:
+    if analysed.error is not None:
+        index.mark_failed(pending.path, analysed.error, size=pending.size, mtime_ns=pending.mtime_ns)
+        return "failed"
+    if analysed.move_from is not None:
         index.move_photo(analysed.move_from, pending.path, size=pending.size, mtime_ns=pending.mtime_ns)
-        return "moved", 0, None
-    if analysed.error is None and analysed.touched and pending.known is not None:
+        return "moved"
+    if analysed.touched and pending.known is not None:
         index.touch_photo(pending.known.id, size=pending.size, mtime_ns=pending.mtime_ns)
-        return "unchanged", 0, None
-    error = analysed.error
-    embeddings: np.ndarray | None = None
-    if error is None:
-        assert analysed.rgb is not None
-        try:
-            embeddings = embed_model.embed(analysed.rgb, analysed.faces) if analysed.faces else None
-        except HimeError as exc:
-            error = exc.message
-        except MemoryError:
-            error = "not enough memory to process this photo."
-        except Exception as exc:  # one odd photo must never stop a library scan
-            log.debug("embedding failed on %s", pending.path, exc_info=True)
-            error = f"embedding failed ({type(exc).__name__}: {exc})"
-    if error is None:
-        faces = [
-            ScannedFace(face, sharp, embeddings[i] if embeddings is not None else None)
-            for i, (face, sharp) in enumerate(zip(analysed.faces, analysed.sharpness, strict=True))
-        ]
-        # Index errors (disk full, …) are not the photo's fault: they propagate and stop the scan.
-        index.record_photo(
-            pending.path,
-            faces,
-            size=pending.size,
-            mtime_ns=pending.mtime_ns,
-            sha256=analysed.sha256,
-            width=int(analysed.rgb.shape[1]),
-            height=int(analysed.rgb.shape[0]),
-            format=analysed.format,
-            orientation=analysed.orientation,
-            metadata=analysed.metadata,
-            embedder=embedder_name,
-        )
-        return ("updated" if pending.known is not None else "new"), len(faces), None
-    index.mark_failed(pending.path, error, size=pending.size, mtime_ns=pending.mtime_ns)
-    return "failed", 0, error
+        return "unchanged"
+    index.record_photo(
+        pending.path,
+        analysed.faces,
+        size=pending.size,
+        mtime_ns=pending.mtime_ns,
+        sha256=analysed.sha256,
+        width=analysed.width,
+        height=analysed.height,
+        format=analysed.format,
+        orientation=analysed.orientation,
+        metadata=analysed.metadata,
+        embedder=embedder_name,
+    )
+    return "updated" if pending.known is not None else "new"
+
+
+# ---------------------------------------------------------------------- worker processes
+
+
+def worker_count(requested: int | None = None) -> int:
+    """How many worker processes a scan uses: ``requested``, else the usable cores (≤ MAX_WORKERS)."""
+    if requested is not None:
+        return max(1, requested)
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(cores, MAX_WORKERS))
 
 
 def _analyse_all(
-    todo: list[_Pending], analyser: _Analyser, worker_args: tuple[Any, ...] | None
+    todo: list[_Pending], local: _Analyser, worker_args: tuple[Any, ...], n_workers: int
 ) -> Iterator[_Analysed]:
-    """Analyse photos in order: in-process, or in a worker process that stays a few photos ahead."""
-    if worker_args is None:
+    """Analyse every pending photo, in worker processes when ``n_workers > 1``.
+
+    Results come in submission order. After a worker crash, the photos that were in flight are
+    re-run one at a time ("suspects") so the culprit is known exactly.
+    """
+    if n_workers <= 1:
         for pending in todo:
-            yield analyser(pending)
+            yield local(pending)
         return
     queue = deque(todo)
-    in_flight: deque[tuple[_Pending, Future[_Analysed]]] = deque()
-    pool = _start_worker(worker_args)
+    suspects: deque[_Pending] = deque()
+    in_flight: deque[tuple[_Pending, Future[_Analysed], bool]] = deque()  # (photo, future, isolated)
+    pool: ProcessPoolExecutor | None = _start_pool(worker_args, n_workers)
     try:
-        while queue or in_flight:
-            while queue and len(in_flight) < _READ_AHEAD:
-                pending = queue.popleft()
-                in_flight.append((pending, pool.submit(_analyse_in_worker, pending)))
-            pending, future = in_flight.popleft()
+        while queue or suspects or in_flight:
+            if pool is None:  # workers cannot start here: carry on in this process
+                for pending in [p for p, _, _ in in_flight] + list(suspects) + list(queue):
+                    yield local(pending)
+                return
+            if suspects:
+                if not in_flight:
+                    pending = suspects.popleft()
+                    in_flight.append((pending, pool.submit(_analyse_in_worker, pending), True))
+            else:
+                while queue and len(in_flight) < n_workers * _QUEUE_PER_WORKER:
+                    pending = queue.popleft()
+                    in_flight.append((pending, pool.submit(_analyse_in_worker, pending), False))
+            pending, future, isolated = in_flight.popleft()
             try:
                 result = future.result()
             except BrokenProcessPool:
-                # The worker handles photos in order, so it died on this one (a crashing decoder,
-                # or the out-of-memory killer). Record it, and give the others to a new worker.
-                result = _Analysed(
-                    pending, error="the image decoder crashed on this file (worker process died)."
-                )
-                queue.extendleft(reversed([p for p, _ in in_flight]))
+                others = [p for p, _, _ in in_flight]
                 in_flight.clear()
                 pool.shutdown(wait=False, cancel_futures=True)
-                pool = _start_worker(worker_args)
+                pool = _start_pool(worker_args, n_workers)
+                if pool is None:
+                    in_flight.append((pending, future, isolated))  # re-run in-process below
+                    suspects.extendleft(reversed(others))
+                    continue
+                if not isolated:
+                    suspects.extendleft(reversed([pending, *others]))
+                    continue
+                suspects.extendleft(reversed(others))
+                result = _Analysed(
+                    pending, error="the image decoder crashed on this file (its worker process died)."
+                )
             yield result
     finally:
-        pool.shutdown(wait=True, cancel_futures=True)
+        if pool is not None:
+            pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _start_worker(worker_args: tuple[Any, ...]) -> ProcessPoolExecutor:
+def _start_pool(worker_args: tuple[Any, ...], n_workers: int) -> ProcessPoolExecutor | None:
+    """A started pool of workers, or None when worker processes cannot start here."""
     # spawn, not fork: forking a process that has started torch's or dlib's threads can deadlock.
-    return ProcessPoolExecutor(
-        max_workers=1,
+    pool = ProcessPoolExecutor(
+        max_workers=n_workers,
         mp_context=multiprocessing.get_context("spawn"),
         initializer=_init_worker,
         initargs=worker_args,
     )
+    try:
+        pool.submit(os.getpid).result(timeout=300)
+    except Exception as exc:  # BrokenProcessPool, pickling errors, timeouts
+        log.warning("worker processes unavailable (%s: %s); scanning in-process", type(exc).__name__, exc)
+        pool.shutdown(wait=False, cancel_futures=True)
+        return None
+    return pool
 
 
 _worker_analyser: _Analyser | None = None
 
 
 def _init_worker(*args: Any) -> None:
-    """Runs once in the worker process: die with the parent, one torch thread, an analyser."""
+    """Runs once in each worker: die with the parent, one thread per library, an analyser."""
     global _worker_analyser
     _die_with_parent()
     _worker_analyser = _Analyser(*args)
-    if _worker_analyser.uses_default_detector:
+    try:
+        import cv2
+
+        cv2.setNumThreads(1)
+    except ImportError:
+        pass
+    if _worker_analyser.uses_torch:
         import torch
 
         torch.set_num_threads(1)
@@ -466,28 +526,6 @@ def _resolve_embedder(embedder: str | Embedder) -> Embedder:
 
         return get_embedder(embedder)
     return embedder
-
-
-def _default_detector(device: str) -> Detector:
-    from hime_cli.faces.detect import get_detector
-
-    return get_detector(device)
-
-
-@contextmanager
-def _single_threaded_torch(enabled: bool) -> Iterator[None]:
-    """With a worker detecting on the other core, torch here (facenet) must keep to one thread."""
-    if not enabled or "torch" not in sys.modules:
-        yield
-        return
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
 
 
 def _contents_by_sha(index: LibraryIndex) -> dict[str, list[_Content]]:

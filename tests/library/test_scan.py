@@ -309,3 +309,35 @@ def test_scan_killed_midway_leaves_consistent_index_and_resumes(tmp_path: Path) 
         report, _, _ = _scan([root], index)
         assert (report.unchanged, report.new) == (indexed, 12 - indexed)
         assert index.count_photos() == 12 and index.count_faces() == 12
+
+
+_UNGUARDED_SCRIPT = """
+import sys
+from hime_cli.library.index import LibraryIndex
+from hime_cli.library.scan import scan_paths
+from tests.library.fakes import CentreDetector, MeanColourEmbedder
+# No `if __name__ == "__main__":` guard: spawned workers would re-run this file and cannot start.
+with LibraryIndex.open(sys.argv[1]) as index:
+    report = scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(), detector=CentreDetector(), workers=2)
+print("RESULT", report.new, report.failed, report.faces_found)
+"""
+
+
+def test_scan_falls_back_in_process_when_workers_cannot_start(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    for i in range(10):
+        _photo(root / f"p{i}.jpg", seed=i)
+    script = tmp_path / "unguarded.py"
+    script.write_text(_UNGUARDED_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "i.sqlite3"), str(root)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    result_lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert result_lines[-1] == "RESULT 10 0 10"
