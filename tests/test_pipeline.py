@@ -225,3 +225,149 @@ def test_compare_only_writes_sheets(assets: Path, photos: Path, tmp_path: Path) 
     html = (sheets / "index.html").read_text()
     assert "a.jpg.png" in html and "sub/b.png.png" in html
     assert not (photos.parent / "hime-enhanced").exists()
+
+
+# ---------------------------------------------------------------------------------- real photos
+# celeba-wild dev photos with one clear face of 128-180 px, downscaled ×4 (antialiased bicubic, the
+# training degradation), enhanced ×4: on the face box the result must beat a Lanczos ×4 upscale.
+
+N_REAL = 10
+OTHER_REFS = 8  # other photos of the identity given as --refs / scanned as its cluster
+
+
+@pytest.fixture(scope="module")
+def trained_weights() -> str:
+    from hime_cli.errors import ModelError
+    from hime_cli.hub import resolve_weights
+
+    try:
+        resolve_weights("hime_small_x4", allow_download=False)
+    except ModelError as exc:
+        pytest.skip(f"no trained ×4 weights available: {exc}")
+    return "hime_small_x4"
+
+
+@pytest.fixture(scope="module")
+def dev_targets(
+    trained_weights: str, shared_data: Path
+) -> list[tuple[Path, Path, tuple[float, float, float, float]]]:
+    """(identity folder, photo, face box) for the first N_REAL identities with a suitable photo."""
+    from hime_cli.faces.detect import get_detector
+    from hime_cli.library.reader import load_image
+
+    detector = get_detector()
+    found = []
+    for identity in sorted((shared_data / "celeba-wild" / "dev").iterdir()):
+        photos = sorted(identity.glob("*.jpg"))
+        if len(photos) < 4:
+            continue
+        for photo in photos[:6]:
+            faces = [f for f in detector.detect(load_image(photo).rgb) if f.score >= 0.9]
+            if len(faces) == 1 and 128 <= faces[0].size <= 180 and faces[0].score >= 0.98:
+                found.append((identity, photo, tuple(faces[0].box.as_list())))
+                break
+        if len(found) == N_REAL:
+            break
+    assert len(found) == N_REAL
+    return found
+
+
+def _downscale(photo: Path, dest: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Write the ×4-downscaled photo; return (original cropped to 4× the small size, small) as float."""
+    from hime_cli.library.reader import load_image
+
+    rgb = load_image(photo).rgb_uint8()
+    h, w = rgb.shape[0] // 4, rgb.shape[1] // 4
+    small = Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC)
+    small.save(dest, quality=95)
+    return rgb[: 4 * h, : 4 * w].astype(np.float32) / 255, np.asarray(
+        Image.open(dest).convert("RGB"), np.float32
+    ) / 255
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(1.0 / max(np.mean((a - b) ** 2), 1e-12)))
+
+
+def _face_gain(original: np.ndarray, small: np.ndarray, enhanced_path: Path, box) -> tuple[float, float]:
+    enhanced = np.asarray(Image.open(enhanced_path).convert("RGB"), np.float32) / 255
+    assert enhanced.shape == (small.shape[0] * 4, small.shape[1] * 4, 3)  # exactly 4× the input
+    lanczos = upscale_photo(small, 4)
+    x0, y0, x1, y1 = (int(round(v)) for v in box)
+    region = (slice(y0, y1), slice(x0, x1))
+    return _psnr(enhanced[region], original[region]), _psnr(lanczos[region], original[region])
+
+
+def _others(identity: Path, photo: Path) -> list[Path]:
+    return [p for p in sorted(identity.glob("*.jpg")) if p != photo][:OTHER_REFS]
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_photos_with_refs_beat_lanczos(dev_targets, trained_weights: str, tmp_path: Path) -> None:
+    weights = trained_weights
+    gains = []
+    for k, (identity, photo, box) in enumerate(dev_targets):
+        refs = tmp_path / f"refs{k}"
+        refs.mkdir()
+        for p in _others(identity, photo):
+            (refs / p.name).symlink_to(p)
+        small_path = tmp_path / f"in{k}" / "small.jpg"
+        small_path.parent.mkdir()
+        original, small = _downscale(photo, small_path)
+        out = tmp_path / f"out{k}"
+        report = enhance(
+            [small_path], EnhanceOptions(scale=4, refs_dir=refs, out_dir=out, weights=weights, device="cpu")
+        )
+        (result,) = report.photos
+        assert result.status == "done" and result.faces_enhanced == 1, result
+        assert all(Path(r).parent == refs for f in result.faces for r in f.refs)
+        ours, lanczos = _face_gain(original, small, out / "small.jpg", box)
+        gains.append(ours - lanczos)
+        print(f"{photo.parent.name}/{photo.name}: hime {ours:.2f} dB, lanczos {lanczos:.2f} dB")
+    print(f"mean PSNR gain on the face box over Lanczos: {np.mean(gains):+.2f} dB ({len(gains)} photos)")
+    assert min(gains) > 0, gains
+
+
+@pytest.mark.data
+@pytest.mark.slow
+def test_real_photos_with_scanned_identities_never_use_the_photo_itself(
+    dev_targets, trained_weights: str, tmp_path: Path
+) -> None:
+    from hime_cli.identities.store import update_identities
+    from hime_cli.library.index import LibraryIndex
+    from hime_cli.library.scan import scan_paths
+
+    weights = trained_weights
+    # The library: for each identity the original photo itself and other photos of the person.
+    library = tmp_path / "library"
+    for identity, photo, _ in dev_targets:
+        folder = library / identity.name
+        folder.mkdir(parents=True)
+        for p in [photo, *_others(identity, photo)]:
+            (folder / p.name).symlink_to(p)
+    with LibraryIndex.open() as index:
+        scan_paths([library], index)
+        update_identities(index)
+
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    truth = {}
+    for k, (_, photo, box) in enumerate(dev_targets):
+        truth[f"small{k}.jpg"] = (photo, box, *_downscale(photo, inputs / f"small{k}.jpg"))
+    out = tmp_path / "out"
+    report = enhance([inputs], EnhanceOptions(scale=4, out_dir=out, weights=weights, device="cpu"))
+    assert not report.failed
+    gains, with_refs = [], 0
+    for result in report.photos:
+        photo, box, original, small = truth[result.source.name]
+        target = [f for f in result.faces if f.status == "enhanced"]
+        assert target, result
+        used = {Path(r).resolve() for f in target for r in f.refs}
+        assert photo.resolve() not in used  # never the photo itself (its resized copy is the input)
+        with_refs += any(f.refs for f in target)
+        ours, lanczos = _face_gain(original, small, out / result.source.name, box)
+        gains.append(ours - lanczos)
+    print(f"index mode: {with_refs}/{len(gains)} photos with exemplars; mean gain {np.mean(gains):+.2f} dB")
+    assert with_refs >= len(gains) - 1
+    assert min(gains) > 0, gains
