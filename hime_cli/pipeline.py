@@ -75,6 +75,7 @@ REF_MIN_FRACTION = 0.75
 # How many faces of how many photos one SR round gathers (faces of many photos share batches).
 CHUNK_FACES = 64
 CHUNK_PHOTOS = 16
+CHUNK_PIXELS = 40_000_000  # input pixels held at once (float32 RGB: ~480 MB)
 
 
 def default_max_face(scale: int) -> float:
@@ -450,7 +451,7 @@ class TargetFace:
 class ImageCache:
     """A few decoded exemplar photos (decoding a big JPEG costs more than cropping it many times)."""
 
-    def __init__(self, capacity: int = 6) -> None:
+    def __init__(self, capacity: int = 4) -> None:
         self.capacity = capacity
         self._items: OrderedDict[Path, np.ndarray] = OrderedDict()
 
@@ -843,25 +844,22 @@ class Enhancer:
     ) -> Iterator[list[tuple[int, PhotoWork]]]:
         """Read photos and prepare their faces, yielding groups that share SR batches."""
         chunk: list[tuple[int, PhotoWork]] = []
-        n_faces = 0
+        n_faces = n_pixels = 0
         for i, plan in todo:
             self._emit(message=plan.source.name)
             try:
                 work = self._prepare(plan, source)
-            except HimeError as exc:
-                reports[i] = PhotoReport(plan.source, plan.dest, "failed", str(exc))
-                self._emit(photos_done=self._counters.photos_done + 1)
-                continue
-            except (OSError, ValueError) as exc:
-                reports[i] = PhotoReport(plan.source, plan.dest, "failed", f"{type(exc).__name__}: {exc}")
+            except Exception as exc:  # one bad photo never stops the batch
+                reports[i] = PhotoReport(plan.source, plan.dest, "failed", failure_reason(exc))
                 self._emit(photos_done=self._counters.photos_done + 1)
                 continue
             self._emit(faces_total=self._counters.faces_total + len(work.works))
             chunk.append((i, work))
             n_faces += len(work.works)
-            if n_faces >= CHUNK_FACES or len(chunk) >= CHUNK_PHOTOS:
+            n_pixels += work.loaded.width * work.loaded.height
+            if n_faces >= CHUNK_FACES or len(chunk) >= CHUNK_PHOTOS or n_pixels >= CHUNK_PIXELS:
                 yield chunk
-                chunk, n_faces = [], 0
+                chunk, n_faces, n_pixels = [], 0, 0
         if chunk:
             yield chunk
 
@@ -962,10 +960,19 @@ class Enhancer:
             from hime_cli.sr.inference import SRJob
 
             t0 = time.perf_counter()
-            outputs = self.model.run(
-                [SRJob(w.lr, tuple(w.refs)) for w in works],
-                on_batch=lambda n: self._emit(faces_done=self._counters.faces_done + n),
-            )
+            try:
+                outputs = self.model.run(
+                    [SRJob(w.lr, tuple(w.refs)) for w in works],
+                    on_batch=lambda n: self._emit(faces_done=self._counters.faces_done + n),
+                )
+            except Exception as exc:  # e.g. out of GPU memory: these photos fail, the run goes on
+                log.error("super-resolution failed for %d faces: %s", len(works), exc)
+                for i, pw in chunk:
+                    reports[i] = PhotoReport(
+                        pw.plan.source, pw.plan.dest, "failed", f"super-resolution: {failure_reason(exc)}"
+                    )
+                    self._emit(photos_done=self._counters.photos_done + 1)
+                return
             self.sr_seconds += time.perf_counter() - t0
             for w, out in zip(works, outputs, strict=True):
                 w.sr = out
@@ -973,11 +980,11 @@ class Enhancer:
             self._emit(message=pw.plan.source.name)
             try:
                 reports[i] = self._finish(pw, settings, ledger)
-            except HimeError as exc:
-                reports[i] = PhotoReport(pw.plan.source, pw.plan.dest, "failed", str(exc), tuple(pw.reports))
-            except OSError as exc:
-                reason = f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
-                reports[i] = PhotoReport(pw.plan.source, pw.plan.dest, "failed", reason, tuple(pw.reports))
+            except Exception as exc:  # one bad photo never stops the batch
+                reports[i] = PhotoReport(
+                    pw.plan.source, pw.plan.dest, "failed", failure_reason(exc), tuple(pw.reports)
+                )
+            pw.loaded = None  # type: ignore[assignment]  # free the pixels as soon as the photo is written
             self._emit(photos_done=self._counters.photos_done + 1)
             if opts.dry_run:
                 self._emit(faces_done=self._counters.faces_done + len(pw.works))
@@ -1139,6 +1146,16 @@ class Enhancer:
 
 TILE = 192  # px per tile in a contact sheet
 _LABEL_H = 18
+
+
+def failure_reason(exc: BaseException) -> str:
+    """One line saying why a photo failed (HimeErrors carry their hint; others their type)."""
+    if isinstance(exc, HimeError):
+        return str(exc)
+    if isinstance(exc, OSError):
+        return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
+    log.debug("unexpected error", exc_info=exc)
+    return f"{type(exc).__name__}: {exc}"
 
 
 def _decode_check(width: int, height: int) -> Callable[[Path], None]:
