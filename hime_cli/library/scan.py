@@ -485,6 +485,10 @@ _worker_analyser: _Analyser | None = None
 def _init_worker(*args: Any) -> None:
     """Runs once in each worker: die with the parent, one thread per library, an analyser."""
     global _worker_analyser
+    import signal
+
+    # Ctrl-C is the scanning process's to handle: it stops submitting and shuts the pool down.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     _die_with_parent()
     _worker_analyser = _Analyser(*args)
     try:
