@@ -208,8 +208,11 @@ def _build(name: str, create_model) -> tuple[object, str]:
     if name.endswith(".safetensors") or path.is_file():
         if not path.is_file():
             raise ModelError(f"weights file not found: {path}", hint="check the path given to --weights")
-        arch = _arch_from_filename(path.name)
-        return create_model(arch, checkpoint_path=path), path.name
+        from hime_cli.hub import resolve_weights
+
+        resolved = resolve_weights(path)  # logs it; knows the architecture of registered copies
+        arch = resolved.entry.arch if resolved.entry is not None else _arch_from_filename(path.name)
+        return create_model(arch, checkpoint_path=resolved.path), path.name
     return create_model(name, pretrained=True), name
 
 
