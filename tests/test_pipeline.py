@@ -164,6 +164,31 @@ def test_rerun_skips_then_force_and_source_change_redo(assets: Path, photos: Pat
     assert redo.count("done") == 1 and Image.open(out / "a.jpg").size == (240, 240)
 
 
+def test_scale_8_with_the_x8_model_and_with_the_x4_model(assets: Path, photos: Path, tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from hime_cli.sr.registry import create_model
+
+    torch.manual_seed(0)
+    x8 = tmp_path / "hime_test_x8.rand.safetensors"
+    save_file({k: v.contiguous() for k, v in create_model("hime_test_x8").state_dict().items()}, str(x8))
+    report = enhance(
+        [photos / "a.jpg"],
+        _options(assets, scale=8, max_face=64, weights=str(x8), out_dir=tmp_path / "o8", max_refs=0),
+    )
+    (photo,) = report.photos
+    assert photo.out_size == (1024, 1024) and report.model == x8.name
+    assert photo.faces[0].lr_size == 34  # native resolution (region 33.4 px) > L0 = 128 / 8
+    # The ×4 model at ×8: its output is resampled ×2 before the paste-back.
+    report = enhance(
+        [photos / "a.jpg"], _options(assets, scale=8, max_face=64, out_dir=tmp_path / "o4", max_refs=0)
+    )
+    (photo,) = report.photos
+    assert photo.status == "done" and photo.out_size == (1024, 1024) and photo.faces[0].lr_size == 34
+    assert report.model == "hime_test_x4.rand.safetensors"
+    assert Image.open(tmp_path / "o4" / "a.jpg").size == (1024, 1024)
+
+
 def test_dry_run_writes_nothing(assets: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     report = enhance([photos], _options(assets, out_dir=out, refs_dir=assets / "refs", dry_run=True))
