@@ -8,6 +8,14 @@ A sample is (LR, HR, references, mask):
   same zoom as the target), grey-scaled inside the network.
 To teach the network to use references only when they help, a fraction of samples gets no
 reference (``p_blank``) or references of another identity (``p_wrong``).
+
+``p_self``: with this probability a sample's first reference is the target's own HR face under an
+independent framing jitter and a random brightness/contrast/gamma change. Real references (other
+photos) share only part of the target's detail, so early in training the gradient that teaches
+alignment and transfer is weak and the network learns to ignore them; a reference that does hold
+the missing detail (misaligned and re-lit, so it cannot be copied blindly) teaches RFA to align and
+CoFA to weight by content similarity, which then transfers to other photos of the person.
+Evaluation never uses it: references there are always other photos.
 """
 
 from __future__ import annotations
@@ -43,6 +51,7 @@ class SamplerConfig:
     scale_jitter: float = 0.04
     p_zoom: float = 0.25  # zoom in (bigger face in the crop), shared by target and references
     max_zoom: float = 1.25
+    p_self: float = 0.0  # one reference is the target's own HR face, re-framed and re-lit (see below)
     ref_rot_deg: float = 2.0
     ref_shift: float = 0.015
     flip: bool = True

@@ -62,6 +62,10 @@ def run_training(
     seed: int = 0,
     device: str = "cpu",
     resume: bool = False,
+    init_weights: Path | None = None,
+    p_self: float | None = None,
+    warmup_steps: int | None = None,
+    val_every: int | None = None,
     checkpoint_minutes: float = 10.0,
     lambda_cor: float | None = None,
     log: Callable[[str], None] = print,
@@ -78,8 +82,17 @@ def run_training(
     cfg = TrainConfig(
         arch=arch, seed=seed, checkpoint_minutes=checkpoint_minutes, time_budget_s=time_budget_s
     )
-    overrides = {"steps": steps, "batch": batch, "lr": lr, "lambda_cor": lambda_cor}
+    overrides = {
+        "steps": steps,
+        "batch": batch,
+        "lr": lr,
+        "lambda_cor": lambda_cor,
+        "warmup_steps": warmup_steps,
+        "val_every": val_every,
+    }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if p_self is not None:
+        cfg = replace(cfg, sampler=replace(cfg.sampler, p_self=p_self))
     train_crops = load_or_prepare(data, log)
     val_crops = load_or_prepare(val_data, log) if val_data else None
     log(
@@ -117,8 +130,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true")
+    p.add_argument("--init", type=Path, help="start from these weights (fine-tune), fresh optimiser")
+    p.add_argument("--p-self", type=float)
+    p.add_argument("--warmup-steps", type=int)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--val-every", type=int)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     a = p.parse_args(argv)
+    if a.threads:
+        import torch
+
+        torch.set_num_threads(a.threads)
     run_training(
         data=a.data,
         val_data=a.val_data,

@@ -157,6 +157,7 @@ def train(
     *,
     device: str = "cpu",
     resume: bool = False,
+    init_weights: Path | None = None,
     val_crops: CropSet | None = None,
     on_step: Callable[[TrainState, float], None] | None = None,
     log: Callable[[str], None] = lambda s: None,
@@ -167,7 +168,9 @@ def train(
 
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
-    model = create_model(cfg.arch).to(dev)
+    model = create_model(cfg.arch, checkpoint_path=init_weights).to(
+        dev
+    )  # fine-tune from init_weights if given
     scale = int(model.scale)
     if scale != cfg.sampler.scale:
         cfg = TrainConfig(
