@@ -64,3 +64,29 @@ def scan_cmd(
             f"re-scan of an unchanged {rescan.photos}-photo index: [bold]{rescan.rescan_s:.2f} s[/]",
             highlight=False,
         )
+
+
+@bench_app.command("sr")
+@handle_errors
+def sr_cmd(
+    model: str = typer.Option("hime_small_x4", "--model", "-m", help="Architecture to time (random weights)."),
+    batch: int = typer.Option(16, "--batch", help="Faces per forward pass."),
+    refs: int = typer.Option(3, "--refs", help="References per face."),
+    threads: int = typer.Option(2, "--threads", help="CPU threads."),
+    repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (the median is reported)."),
+    device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
+    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+) -> None:
+    """SR speed: ms per face for a batch of faces with references (paper budget: ≤ 50 ms on 2 cores)."""
+    from hime_cli.sr.bench import benchmark_sr
+
+    err.print(f"Timing {model}: batch {batch}, {refs} refs, {threads} threads on {device} …", highlight=False)
+    result = benchmark_sr(model, batch=batch, refs=refs, threads=threads, repeats=repeats, device=device)
+    if json_out:
+        print_json(result)
+        return
+    out.print(
+        f"{model}: {result['ms_per_face']:.1f} ms per face (batch {batch}, {refs} refs, {threads} threads, {device}); "
+        f"{result['params'] / 1e6:.3f} M params, {result['gmacs']:.2f} GMACs per face",
+        highlight=False,
+    )
