@@ -96,6 +96,8 @@ def export_release(
         for k, v in r.items()
         if k in ("psnr", "ssim", "id_dist")
     }
+    # Plain keys = the released method (hime with references), what `hime models list` shows.
+    metrics.update({k: v for k, v in evaluation.get("methods", {}).get("hime", {}).items() if k in ("psnr", "ssim", "id_dist")})
     entry = entry_from_file(
         dest,
         name,
