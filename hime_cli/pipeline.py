@@ -45,7 +45,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from hime_cli.errors import HimeError, UsageError
-from hime_cli.faces.align import alignment_matrix, region_size, warp_to_crop
+from hime_cli.faces.align import alignment_matrix, warp_to_crop
 from hime_cli.paths import get_paths
 from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
 from hime_cli.types import DetectedFace, Face, LoadedImage
@@ -700,6 +700,7 @@ class FaceWork:
     photo_index: int
     face_index: int
     landmarks: np.ndarray
+    matrix: np.ndarray  # photo → LR crop
     lr_size: int
     lr: np.ndarray
     refs: list[np.ndarray]
@@ -865,7 +866,7 @@ class Enhancer:
 
     def _prepare(self, plan: PlannedPhoto, source: ExemplarSource) -> PhotoWork:
         from hime_cli.library.reader import load_image
-        from hime_cli.sr.inference import lr_crop_size
+        from hime_cli.sr.inference import crop_image, face_crop
 
         opts = self.options
         started = time.perf_counter()
@@ -892,9 +893,9 @@ class Enhancer:
                     replace(base, status="too-large", reason=f"face > {opts.face_limit:g} px")
                 )
                 continue
-            lr_size = lr_crop_size(region_size(det.landmarks), model_scale)
+            matrix, lr_size = face_crop(det.landmarks, model_scale)
             hr_size = lr_size * model_scale
-            lr = warp_to_crop(loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size)
+            lr = crop_image(loaded.rgb, matrix, lr_size)
             refs: list[np.ndarray] = []
             ref_paths: list[str] = []
             if opts.max_refs > 0:
@@ -911,6 +912,7 @@ class Enhancer:
                     identity_id=face.identity_id,
                 )
                 check_copies = isinstance(source, IndexSource)
+                canonical = None  # the canonical (rotated) LR crop, for the same-shot check
                 for cand in self._ranked_candidates(target_face, source.candidates(face), hr_size):
                     if len(refs) >= opts.max_refs:
                         break
@@ -920,14 +922,18 @@ class Enhancer:
                         log.warning("exemplar %s unreadable: %s", cand.photo_path, exc)
                         continue
                     crop = warp_to_crop(rgb, alignment_matrix(cand.landmarks, hr_size), hr_size)
-                    if check_copies and _same_shot(lr, crop):
+                    if check_copies and canonical is None:
+                        canonical = warp_to_crop(
+                            loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size
+                        )
+                    if check_copies and _same_shot(canonical, crop):
                         log.info("exemplar %s is a copy of %s; not used", cand.photo_path, plan.source)
                         continue
                     refs.append(crop)
                     ref_paths.append(str(cand.photo_path))
             status = "would-enhance" if opts.dry_run else "enhanced"
             work.reports.append(replace(base, status=status, lr_size=lr_size, refs=tuple(ref_paths)))
-            work.works.append(FaceWork(0, k, det.landmarks, lr_size, lr, refs, ref_paths))
+            work.works.append(FaceWork(0, k, det.landmarks, matrix, lr_size, lr, refs, ref_paths))
         return work
 
     @staticmethod
@@ -990,7 +996,7 @@ class Enhancer:
                 self._emit(faces_done=self._counters.faces_done + len(pw.works))
 
     def _finish(self, pw: PhotoWork, settings: str, ledger: EnhanceLedger | None) -> PhotoReport:
-        from hime_cli.sr.inference import resize_crop
+        from hime_cli.sr.inference import resize_crop, upscaled_crop_matrix
 
         opts = self.options
         s = opts.scale
@@ -1006,7 +1012,7 @@ class Enhancer:
         for w in pw.works:
             assert w.sr is not None
             crop = resize_crop(w.sr, w.lr_size * s)
-            matrix = alignment_matrix(np.asarray(w.landmarks, np.float64) * s, w.lr_size * s)
+            matrix = upscaled_crop_matrix(w.matrix, s)  # upscaled photo → SR crop (L·s px)
             paste_face(canvas, crop, matrix, s, opts.paste)
             matrices.append(matrix)
         compare_path = None
@@ -1108,7 +1114,8 @@ class Enhancer:
         rows = []
         for w, matrix in zip(pw.works, matrices, strict=True):
             size = w.lr_size * s
-            bicubic = warp_to_crop(pw.loaded.rgb, alignment_matrix(w.landmarks, size), size)
+            # photo → SR crop: the LR crop's transform magnified s times, sampled bicubic (what "upscale" shows)
+            bicubic = warp_to_crop(pw.loaded.rgb, np.asarray(w.matrix, np.float64) * s, size)
             result = warp_to_crop(canvas, matrix, size)
             rows.append(
                 [("input (bicubic)", bicubic), ("hime", result)]

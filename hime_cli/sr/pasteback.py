@@ -135,7 +135,11 @@ def paste_face(
     # crop → ROI of the canvas: translate the canvas→crop inverse by the ROI origin.
     crop_to_roi = compose_affine(np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]]), to_canvas)
     roi_size = (y1 - y0, x1 - x0)
-    face_roi = warp_image(face, crop_to_roi, roi_size, border=cv2.BORDER_REPLICATE)
+    # Lanczos: on a grid-aligned crop (an integer translation) it is an exact copy; otherwise the
+    # sharpest of OpenCV's kernels, so the paste-back blurs the new detail as little as possible.
+    face_roi = warp_image(
+        face, crop_to_roi, roi_size, border=cv2.BORDER_REPLICATE, interpolation=cv2.INTER_LANCZOS4
+    )
     mask_roi = warp_image(
         mask, crop_to_roi, roi_size, border=cv2.BORDER_CONSTANT, interpolation=cv2.INTER_LINEAR
     )
