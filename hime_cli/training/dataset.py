@@ -55,6 +55,7 @@ class SamplerConfig:
     ref_rot_deg: float = 2.0
     ref_shift: float = 0.015
     flip: bool = True
+    patch: int | None = None  # train on random HR patches of this size (multiple of 8; refs cropped alike)
 
 
 class CropSampler:
@@ -133,7 +134,16 @@ class CropSampler:
         )
         refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
         lr = bicubic_downsample(hr, cfg.scale)
-        return lr, hr, refs, torch.from_numpy(mask).to(self.device)
+        if cfg.patch and cfg.patch < HR_SIZE:
+            # The same window of the target and of its (aligned) references: a 4x cheaper step
+            # at patch 64 that still teaches local alignment and transfer. LR is cut from the
+            # full-face LR so its borders are the real degradation, not a patch-edge artefact.
+            p, s = cfg.patch, cfg.scale
+            y, x = (int(v) * s for v in rng.integers(0, (HR_SIZE - p) // s + 1, 2))
+            hr = hr[..., y : y + p, x : x + p]
+            refs = refs[..., y : y + p, x : x + p]
+            lr = lr[..., y // s : (y + p) // s, x // s : (x + p) // s]
+        return lr.contiguous(), hr.contiguous(), refs.contiguous(), torch.from_numpy(mask).to(self.device)
 
 
 def canonical_view(crops: CropSet, device: str | torch.device = "cpu") -> Tensor:

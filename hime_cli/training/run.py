@@ -64,6 +64,7 @@ def run_training(
     resume: bool = False,
     init_weights: Path | None = None,
     p_self: float | None = None,
+    patch: int | None = None,
     warmup_steps: int | None = None,
     val_every: int | None = None,
     checkpoint_minutes: float = 10.0,
@@ -93,6 +94,8 @@ def run_training(
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if p_self is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_self=p_self))
+    if patch is not None:
+        cfg = replace(cfg, sampler=replace(cfg.sampler, patch=patch))
     train_crops = load_or_prepare(data, log)
     val_crops = load_or_prepare(val_data, log) if val_data else None
     log(
@@ -132,6 +135,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, help="start from these weights (fine-tune), fresh optimiser")
     p.add_argument("--p-self", type=float)
+    p.add_argument("--patch", type=int, help="train on random HR patches of this size")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--val-every", type=int)
