@@ -303,11 +303,10 @@ def _downscale(photo: Path, dest: Path) -> tuple[np.ndarray, np.ndarray]:
 
     rgb = load_image(photo).rgb_uint8()
     h, w = rgb.shape[0] // 4, rgb.shape[1] // 4
-    small = Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC)
-    small.save(dest, quality=95)
-    return rgb[: 4 * h, : 4 * w].astype(np.float32) / 255, np.asarray(
-        Image.open(dest).convert("RGB"), np.float32
-    ) / 255
+    rgb = rgb[: 4 * h, : 4 * w]  # crop first: the small photo is then exactly ÷4 (no drift across it)
+    Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC).save(dest, quality=95)
+    small = np.asarray(Image.open(dest).convert("RGB"), np.float32) / 255
+    return rgb.astype(np.float32) / 255, small
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:
