@@ -52,7 +52,7 @@ class FaceDetector:
         image = to_uint8(rgb)
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"expected an (H, W, 3) RGB image, got shape {image.shape}")
-        if min(image.shape[:2]) < 12:
+        if min(image.shape[:2]) < max(12, self.min_face_size):  # MTCNN's pyramid would be empty
             return []
         with self._lock, torch.inference_mode():
             boxes, probs, points = self._mtcnn.detect(image, landmarks=True)

@@ -48,7 +48,7 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 )
 
 # Folders a scan never enters: hime's own output, besides hidden ones.
-SKIPPED_FOLDERS: frozenset[str] = frozenset({"hime-enhanced"})
+SKIPPED_FOLDERS: frozenset[str] = frozenset({"hime-enhanced", "hime-compare"})
 
 EXIF_PREFIX = b"Exif\x00\x00"
 _ORIENTATION_TAG = 0x0112

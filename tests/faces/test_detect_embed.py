@@ -56,3 +56,8 @@ def test_sharpness_drops_with_blur(astronaut: np.ndarray) -> None:
 def test_unknown_embedder_is_a_usage_error() -> None:
     with pytest.raises(UsageError):
         get_embedder("nope")
+
+
+@pytest.mark.parametrize("shape", [(15, 40, 3), (19, 19, 3), (25, 25, 3)])
+def test_images_smaller_than_the_minimum_face_have_no_faces(shape: tuple[int, int, int]) -> None:
+    assert get_detector().detect(np.full(shape, 128, dtype=np.uint8)) == []
