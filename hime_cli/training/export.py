@@ -97,7 +97,13 @@ def export_release(
         if k in ("psnr", "ssim", "id_dist")
     }
     # Plain keys = the released method (hime with references), what `hime models list` shows.
-    metrics.update({k: v for k, v in evaluation.get("methods", {}).get("hime", {}).items() if k in ("psnr", "ssim", "id_dist")})
+    metrics.update(
+        {
+            k: v
+            for k, v in evaluation.get("methods", {}).get("hime", {}).items()
+            if k in ("psnr", "ssim", "id_dist")
+        }
+    )
     entry = entry_from_file(
         dest,
         name,

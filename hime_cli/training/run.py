@@ -102,7 +102,15 @@ def run_training(
         f"training {arch} on {len(train_crops)} crops of {len(train_crops.identities)} identities, device {device}"
     )
     model, state = train(
-        cfg, train_crops, run_dir, device=device, resume=resume, val_crops=val_crops, log=log, on_step=on_step
+        cfg,
+        train_crops,
+        run_dir,
+        device=device,
+        resume=resume,
+        init_weights=init_weights,
+        val_crops=val_crops,
+        log=log,
+        on_step=on_step,
     )
     sha = export_weights(model, run_dir / f"{arch}.safetensors", {"arch": arch, "step": str(state.step)})
     summary = {
@@ -159,6 +167,11 @@ def main(argv: list[str] | None = None) -> None:
         device=a.device,
         resume=a.resume,
         checkpoint_minutes=a.checkpoint_minutes,
+        init_weights=a.init,
+        p_self=a.p_self,
+        patch=a.patch,
+        warmup_steps=a.warmup_steps,
+        val_every=a.val_every,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
 

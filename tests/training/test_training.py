@@ -176,3 +176,49 @@ def test_sampler_flip_mirrors_the_face() -> None:
     mirrored = sampler._warp(idx, theta, np.array([True]))
     assert torch.allclose(mirrored, plain.flip(-1), atol=1e-5)
     assert not torch.allclose(mirrored, plain, atol=1e-2)
+
+
+def test_headless_entry_point_passes_every_option(tmp_path: Path) -> None:
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.run import main
+    from hime_cli.training.train import export_weights
+
+    cs = synthetic_crops()
+    data = tmp_path / "crops.npz"
+    cs.save(data)
+    torch.manual_seed(3)
+    init = tmp_path / "init.safetensors"
+    export_weights(create_model("hime_test_x4"), init)
+    run = tmp_path / "run"
+    main(
+        [
+            "--data",
+            str(data),
+            "--run",
+            str(run),
+            "--arch",
+            "hime_test_x4",
+            "--steps",
+            "1",
+            "--batch",
+            "2",
+            "--init",
+            str(init),
+            "--p-self",
+            "0.5",
+            "--patch",
+            "64",
+            "--warmup-steps",
+            "3",
+            "--val-every",
+            "7",
+        ]
+    )
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["warmup_steps"] == 3 and cfg["val_every"] == 7
+    assert cfg["sampler"]["p_self"] == 0.5 and cfg["sampler"]["patch"] == 64
+    # One tiny step from the init weights stays close to them (a random init would not).
+    from safetensors.torch import load_file
+
+    a, b = load_file(str(init)), load_file(str(run / "hime_test_x4.safetensors"))
+    assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
