@@ -69,7 +69,9 @@ def scan_cmd(
 @bench_app.command("sr")
 @handle_errors
 def sr_cmd(
-    model: str = typer.Option("hime_small_x4", "--model", "-m", help="Architecture to time (random weights)."),
+    model: str = typer.Option(
+        "hime_small_x4", "--model", "-m", help="Architecture to time (random weights)."
+    ),
     batch: int = typer.Option(16, "--batch", help="Faces per forward pass."),
     refs: int = typer.Option(3, "--refs", help="References per face."),
     threads: int = typer.Option(2, "--threads", help="CPU threads."),

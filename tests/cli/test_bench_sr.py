@@ -9,7 +9,8 @@ from hime_cli.cli.app import app
 
 def test_bench_sr_reports_ms_per_face_and_complexity() -> None:
     res = CliRunner().invoke(
-        app, ["bench", "sr", "--model", "hime_test_x4", "--batch", "2", "--refs", "1", "--repeats", "1", "--json"]
+        app,
+        ["bench", "sr", "--model", "hime_test_x4", "--batch", "2", "--refs", "1", "--repeats", "1", "--json"],
     )
     assert res.exit_code == 0, res.output
     data = json.loads(res.stdout)
