@@ -30,7 +30,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hime_cli.errors import HimeError, ImageWriteError
-from hime_cli.library.writer import TEMP_MARKER, cleanup_stale_temps, fsync_dir, temp_path_for
+from hime_cli.library.writer import (
+    TEMP_MARKER,
+    cleanup_stale_temps,
+    discard_temp_and_reraise,
+    fsync_dir,
+    temp_path_for,
+)
 from hime_cli.paths import get_paths
 
 __all__ = [
@@ -299,12 +305,7 @@ def replace_in_place(path: str | os.PathLike[str], write_fn: Callable[[Path], No
             raise ImageWriteError(f"{key} was modified while being enhanced; original kept", hint="retry")
         os.replace(tmp, key)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            hint = "free some disk space" if exc.errno == 28 else "check the folder's permissions"
-            raise ImageWriteError(f"cannot replace {key}: {exc.strerror or exc}", hint=hint) from exc
-        raise
+        discard_temp_and_reraise(tmp, exc, f"cannot replace {key}")
     fsync_dir(key.parent)
     _set_state(key, record.sha256, "replaced")
     return _record_for(key, record.sha256)

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import logging
 import os
@@ -45,7 +46,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, NoReturn
 
 import numpy as np
 
@@ -130,6 +131,16 @@ def cleanup_stale_temps(folder: Path, name: str | None = None) -> list[Path]:
     return removed
 
 
+def discard_temp_and_reraise(tmp: Path, exc: BaseException, what: str) -> NoReturn:
+    """Remove a half-written temp file, then re-raise: OS errors as one ImageWriteError with a hint."""
+    with contextlib.suppress(OSError):
+        os.unlink(tmp)
+    if isinstance(exc, OSError):
+        hint = "free some disk space" if exc.errno == errno.ENOSPC else "check the folder's permissions"
+        raise ImageWriteError(f"{what}: {exc.strerror or exc}", hint=hint) from exc
+    raise exc
+
+
 def fsync_dir(folder: Path) -> None:
     """fsync a folder so a rename inside it survives a power cut (no-op where unsupported)."""
     try:
@@ -171,12 +182,7 @@ def atomic_write(
             check(tmp)
         os.replace(tmp, dest)
     except BaseException as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        if isinstance(exc, OSError):
-            hint = "free some disk space" if exc.errno == 28 else "check the folder's permissions"
-            raise ImageWriteError(f"cannot write {dest}: {exc.strerror or exc}", hint=hint) from exc
-        raise
+        discard_temp_and_reraise(tmp, exc, f"cannot write {dest}")
     fsync_dir(folder)
 
 
