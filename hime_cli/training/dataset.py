@@ -52,6 +52,8 @@ class SamplerConfig:
     p_zoom: float = 0.25  # zoom in (bigger face in the crop), shared by target and references
     max_zoom: float = 1.25
     p_self: float = 0.0  # one reference is the target's own HR face, re-framed and re-lit (see below)
+    self_rot_deg: float = 1.5  # extra framing jitter of a self reference relative to the target
+    self_shift: float = 0.02  # (fraction of the crop half-size: 0.02 = 1.3 HR px)
     ref_rot_deg: float = 2.0
     ref_shift: float = 0.015
     flip: bool = True
@@ -92,6 +94,28 @@ class CropSampler:
         )
         return torch.from_numpy(theta.astype(np.float32)).to(self.device)
 
+    def _perturb(self, theta: Tensor, rot_deg: float, shift: float) -> Tensor:
+        """``theta`` (n, 2, 3) composed with a small random rotation and shift of the output frame."""
+        n = theta.shape[0]
+        angle = np.deg2rad(self.rng.uniform(-rot_deg, rot_deg, n))
+        tx, ty = self.rng.uniform(-shift, shift, n), self.rng.uniform(-shift, shift, n)
+        small = np.zeros((n, 3, 3), dtype=np.float32)
+        small[:, 0, 0], small[:, 0, 1], small[:, 0, 2] = np.cos(angle), -np.sin(angle), tx
+        small[:, 1, 0], small[:, 1, 1], small[:, 1, 2] = np.sin(angle), np.cos(angle), ty
+        small[:, 2, 2] = 1.0
+        return theta @ torch.from_numpy(small).to(theta.device)
+
+    def _relight(self, images: Tensor) -> Tensor:
+        """Random gain 0.7-1.3, bias ±0.1 and gamma 0.7-1.4 per image: a self reference is never a copy."""
+        n = images.shape[0]
+
+        def draw(low: float, high: float) -> Tensor:
+            values = self.rng.uniform(low, high, n).astype(np.float32)
+            return torch.from_numpy(values).to(images.device).view(n, 1, 1, 1)
+
+        gamma, gain, bias = draw(0.7, 1.4), draw(0.7, 1.3), draw(-0.1, 0.1)
+        return (images.clamp_min(1e-4) ** gamma * gain + bias).clamp(0, 1)
+
     def _warp(self, index: np.ndarray, theta: Tensor, flip: np.ndarray) -> Tensor:
         images = self.images[torch.from_numpy(index).to(self.device)].float() / 255.0
         grid = F.affine_grid(theta, [len(index), 3, HR_SIZE, HR_SIZE], align_corners=False)
@@ -108,7 +132,8 @@ class CropSampler:
         target = rng.choice(self.targets, size=batch)
         zoom = np.where(rng.random(batch) < cfg.p_zoom, rng.uniform(1.0, cfg.max_zoom, batch), 1.0)
         flip = rng.random(batch) < 0.5 if cfg.flip else np.zeros(batch, bool)
-        hr = self._warp(target, self._theta(batch, cfg.rot_deg, cfg.shift, cfg.scale_jitter, zoom), flip)
+        target_theta = self._theta(batch, cfg.rot_deg, cfg.shift, cfg.scale_jitter, zoom)
+        hr = self._warp(target, target_theta, flip)
         n = cfg.max_refs
         ref_index = np.zeros((batch, n), dtype=np.int64)
         mask = np.zeros((batch, n), dtype=bool)
@@ -128,10 +153,22 @@ class CropSampler:
             k = min(k, len(pool))
             ref_index[b, :k] = rng.choice(pool, size=k, replace=False)
             mask[b, :k] = True
+        # Self references: the first slot of a sample with true references becomes the target itself.
+        own_refs = mask[:, 0] & (self.identity[ref_index[:, 0]] == self.identity[target])
+        is_self = own_refs & (rng.random(batch) < cfg.p_self) if cfg.p_self > 0 else np.zeros(batch, bool)
+        ref_index[is_self, 0] = target[is_self]
         ref_theta = self._theta(batch * n, cfg.ref_rot_deg, cfg.ref_shift, 0.01, np.repeat(zoom, n))
+        if is_self.any():
+            rows = np.flatnonzero(is_self)
+            ref_theta = ref_theta.view(batch, n, 2, 3).clone()
+            ref_theta[rows, 0] = self._perturb(target_theta[rows], cfg.self_rot_deg, cfg.self_shift)
+            ref_theta = ref_theta.view(batch * n, 2, 3)
         refs = self._warp(ref_index.reshape(-1), ref_theta, np.repeat(flip, n)).view(
             batch, n, 3, HR_SIZE, HR_SIZE
         )
+        if is_self.any():
+            rows_t = torch.from_numpy(np.flatnonzero(is_self)).to(self.device)
+            refs[rows_t, 0] = self._relight(refs[rows_t, 0])
         refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
         lr = bicubic_downsample(hr, cfg.scale)
         if cfg.patch and cfg.patch < HR_SIZE:

@@ -222,3 +222,26 @@ def test_headless_entry_point_passes_every_option(tmp_path: Path) -> None:
 
     a, b = load_file(str(init)), load_file(str(run / "hime_test_x4.safetensors"))
     assert max(float((a[k] - b[k]).abs().max()) for k in a) < 0.05
+
+
+def _pearson(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    a = a.flatten(1) - a.flatten(1).mean(1, keepdim=True)
+    b = b.flatten(1) - b.flatten(1).mean(1, keepdim=True)
+    return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + 1e-8)
+
+
+def test_self_references_are_the_target_reframed_and_relit() -> None:
+    cs = synthetic_crops(n_ids=3, per_id=4)
+    base = dict(
+        scale=4, p_blank=0.0, p_wrong=0.0, p_fewer=0.0, rot_deg=0.0, shift=0.0, scale_jitter=0.0, p_zoom=0.0
+    )
+    _, hr, refs, mask = CropSampler(cs, SamplerConfig(**base, p_self=1.0), seed=3).sample(12)
+    assert mask.all()
+    self_corr = _pearson(refs[:, 0], hr)
+    other_corr = _pearson(refs[:, 1], hr)
+    assert (self_corr > 0.9).all(), self_corr  # the target's own face (small jitter, re-lit)
+    assert (self_corr > other_corr).all()
+    assert not torch.equal(refs[:, 0], hr)  # never a plain copy
+    # p_self = 0: a reference is never the target itself
+    _, hr0, refs0, _ = CropSampler(cs, SamplerConfig(**base, p_self=0.0), seed=3).sample(12)
+    assert (_pearson(refs0[:, 0], hr0) < 0.9).all()
