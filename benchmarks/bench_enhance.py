@@ -2,6 +2,7 @@
 
     python benchmarks/bench_enhance.py                       # 20 celeba-wild dev photos, ×4
     python benchmarks/bench_enhance.py --sweep               # + gain vs face size (picks --max-face)
+    python benchmarks/bench_enhance.py --sweep-only          # only the sweep (quality, not timing)
     python benchmarks/bench_enhance.py --json > result.json
 
 What it does (in a temporary HIME_HOME, so your index is untouched):
@@ -15,8 +16,9 @@ What it does (in a temporary HIME_HOME, so your index is untouched):
 5. reports, per enhanced face, the PSNR of the face box against the original, hime vs Lanczos.
 
 ``--sweep`` measures the gain over Lanczos as a function of the input face size (detection box
-side): faces of the picked identities at least 4 × t px in the original are shrunk so that the
-face is t px, enhanced ×4 (``--max-face`` lifted), and compared with the original shrunk to 4 t px.
+side): faces of at least 4 × t px in the original (searched in all of ``--data``'s photos) are
+shrunk so that the face is t px, enhanced ×4 with the other photos of the person as ``--refs``
+(``--max-face`` lifted), and compared on the face box with the original shrunk to 4 t px.
 """
 
 from __future__ import annotations
@@ -136,6 +138,8 @@ def main() -> int:
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the SR-only timing")
     parser.add_argument("--sweep", action="store_true", help="also measure the gain vs face size")
     parser.add_argument("--sweep-faces", type=int, default=12, help="faces per size in the sweep")
+    parser.add_argument("--sweep-photos", type=int, default=None, help="photos searched for sweep faces")
+    parser.add_argument("--sweep-only", action="store_true", help="skip the timing runs, only sweep")
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -150,6 +154,10 @@ def main() -> int:
     from hime_cli.pipeline import EnhanceOptions, enhance
 
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
+    if args.sweep_only:
+        rows = sweep([], work, args)
+        print(json.dumps({"sweep": rows}, indent=2) if args.json else "\n".join(map(str, rows)))
+        return 0
     log(f"picking {args.photos} photos from {args.data} …")
     picked = pick_photos(args.data, args.photos, args.per_identity)
     identities = sorted({p.parent for p, _ in picked})
@@ -221,17 +229,53 @@ def main() -> int:
     return 0
 
 
+def sweep_candidates(data: Path, limit: int | None) -> list[tuple[Path, object]]:
+    """(photo, its largest confident face) for the photos of every identity of ``data``, largest first.
+
+    The sweep needs faces of at least 4 × t px in the original for an input face of t px, and the
+    20 timing photos rarely have faces above 200 px: this looks at (up to ``limit``) photos of all
+    identities.
+    """
+    from hime_cli.faces.detect import get_detector
+    from hime_cli.library.reader import load_image
+
+    detector = get_detector()
+    found = []
+    photos = sorted(
+        p for identity in sorted(data.iterdir()) if identity.is_dir() for p in identity.glob("*.jpg")
+    )
+    for photo in photos[:limit]:
+        try:
+            faces = [f for f in detector.detect(load_image(photo).rgb) if f.score >= 0.9]
+        except Exception:  # a bad photo only shrinks the sweep
+            continue
+        if faces:
+            found.append((photo, max(faces, key=lambda f: f.size)))
+    found.sort(key=lambda pf: -pf[1].size)
+    return found
+
+
 def sweep(picked: list[tuple[Path, list]], work: Path, args: argparse.Namespace) -> list[dict]:
-    """Mean PSNR gain over Lanczos on the face box vs input face size (``--refs`` = other photos)."""
+    """Mean PSNR gain over Lanczos on the face box vs input face size (``--refs`` = other photos).
+
+    For each size t, up to ``--sweep-faces`` faces of at least 4 t px, one per identity first (then
+    more per identity), so a few people with many large faces do not dominate.
+    """
     from hime_cli.pipeline import EnhanceOptions, enhance
 
+    candidates = sweep_candidates(args.data, args.sweep_photos)
+    print(f"sweep: {len(candidates)} photos with a face; largest {candidates[0][1].size:.0f} px" if candidates
+          else "sweep: no faces", file=sys.stderr, flush=True)  # fmt: skip
     rows = []
     for size in SWEEP_SIZES:
+        eligible = [(photo, face) for photo, face in candidates if face.size >= 4 * size]
+        seen: set[str] = set()
+        firsts = [pf for pf in eligible if not (pf[0].parent.name in seen or seen.add(pf[0].parent.name))]
+        ordered = firsts + [pf for pf in eligible if pf not in firsts]
         gains = []
-        for k, (photo, faces) in enumerate(picked):
-            face = faces[0]
-            if face.size < 4 * size or len(gains) >= args.sweep_faces:
-                continue
+        for k, (photo, face) in enumerate(ordered):
+            if len(gains) >= args.sweep_faces:
+                break
             refs = work / "sweep_refs" / photo.parent.name
             if not refs.exists():
                 refs.mkdir(parents=True)

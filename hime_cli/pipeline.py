@@ -11,7 +11,9 @@ For every input photo (files and folders, recursively):
    side of its detection box, in input pixels) at most ``max_face``.
 3. **Exemplars**: up to ``max_refs`` crops of the same person from other photos
    (:func:`hime_cli.identities.exemplars.rank_exemplars`: resolution, sharpness, detection score,
-   pose), never from the same photo nor from a copy of it (a resized export of the same shot).
+   pose), never from the same photo nor from a copy of it (a resized export of the same shot);
+   of the ``APPEARANCE_POOL`` best, those that look most like the LR face
+   (:func:`hime_cli.identities.exemplars.order_by_appearance`).
 4. **SR**: each face is cropped with the project's one crop policy (``faces.align``) at
    ``L = max(128 / model_scale, ceil(region))`` pixels; faces of many photos are batched by ``L``
    (:mod:`hime_cli.sr.inference`).
@@ -46,6 +48,7 @@ import numpy as np
 
 from hime_cli.errors import HimeError, UsageError
 from hime_cli.faces.align import alignment_matrix, warp_to_crop
+from hime_cli.identities.exemplars import APPEARANCE_POOL, order_by_appearance
 from hime_cli.paths import get_paths
 from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
 from hime_cli.types import DetectedFace, Face, LoadedImage
@@ -72,6 +75,7 @@ SAME_SHOT_DIFF = 0.075
 # An exemplar should have at least the SR crop's resolution; when too few do, ones with this
 # fraction of it still carry far more detail than the input face and fill the quota.
 REF_MIN_FRACTION = 0.75
+CROP_CACHE = 256  # aligned exemplar crops kept in memory (≈ 200 KB each at 128 px)
 # How many faces of how many photos one SR round gathers (faces of many photos share batches).
 CHUNK_FACES = 64
 CHUNK_PHOTOS = 16
@@ -763,6 +767,7 @@ class Enhancer:
         self.model: FaceSuperResolver | None = None
         self.sr_seconds = 0.0
         self.images = ImageCache()
+        self._crops: OrderedDict[tuple[str, bytes, int], np.ndarray] = OrderedDict()
 
     # progress --------------------------------------------------------------------------------
 
@@ -912,29 +917,46 @@ class Enhancer:
                     identity_id=face.identity_id,
                 )
                 check_copies = isinstance(source, IndexSource)
-                canonical = None  # the canonical (rotated) LR crop, for the same-shot check
+                # the canonical (rotated) LR crop: the same-shot check and the appearance order
+                canonical = warp_to_crop(loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size)
+                pool: list[tuple[np.ndarray, str]] = []
+                pool_size = max(opts.max_refs, APPEARANCE_POOL)
                 for cand in self._ranked_candidates(target_face, source.candidates(face), hr_size):
-                    if len(refs) >= opts.max_refs:
+                    if len(pool) >= pool_size:
                         break
-                    try:
-                        rgb = self.images.get(Path(cand.photo_path))
-                    except (HimeError, OSError) as exc:
-                        log.warning("exemplar %s unreadable: %s", cand.photo_path, exc)
+                    crop = self._exemplar_crop(cand, hr_size)
+                    if crop is None:
                         continue
-                    crop = warp_to_crop(rgb, alignment_matrix(cand.landmarks, hr_size), hr_size)
-                    if check_copies and canonical is None:
-                        canonical = warp_to_crop(
-                            loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size
-                        )
                     if check_copies and _same_shot(canonical, crop):
                         log.info("exemplar %s is a copy of %s; not used", cand.photo_path, plan.source)
                         continue
-                    refs.append(crop)
-                    ref_paths.append(str(cand.photo_path))
+                    pool.append((crop, str(cand.photo_path)))
+                # of the best-scored candidates, those that look most like the LR face
+                for i in order_by_appearance(canonical, [c for c, _ in pool])[: opts.max_refs]:
+                    refs.append(pool[i][0])
+                    ref_paths.append(pool[i][1])
             status = "would-enhance" if opts.dry_run else "enhanced"
             work.reports.append(replace(base, status=status, lr_size=lr_size, refs=tuple(ref_paths)))
             work.works.append(FaceWork(0, k, det.landmarks, matrix, lr_size, lr, refs, ref_paths))
         return work
+
+    def _exemplar_crop(self, cand: Face, hr_size: int) -> np.ndarray | None:
+        """The candidate's aligned ``hr_size`` crop (cached: a person's exemplars serve many faces)."""
+        key = (str(cand.photo_path), np.asarray(cand.landmarks, np.float32).tobytes(), hr_size)
+        crop = self._crops.get(key)
+        if crop is not None:
+            self._crops.move_to_end(key)
+            return crop
+        try:
+            rgb = self.images.get(Path(cand.photo_path))
+        except (HimeError, OSError) as exc:
+            log.warning("exemplar %s unreadable: %s", cand.photo_path, exc)
+            return None
+        crop = warp_to_crop(rgb, alignment_matrix(cand.landmarks, hr_size), hr_size)
+        self._crops[key] = crop
+        while len(self._crops) > CROP_CACHE:
+            self._crops.popitem(last=False)
+        return crop
 
     @staticmethod
     def _ranked_candidates(target: Face, candidates: list[Face], hr_size: int) -> Iterator[Face]:

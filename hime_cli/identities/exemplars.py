@@ -25,6 +25,14 @@ Eligible candidates are ranked by a score in [0, 1], a weighted sum of four part
 - ``detection`` (0.15): the detector's confidence (a proxy for an unoccluded, well-lit face).
 
 Ties break on the face id, so the choice is deterministic.
+
+**Appearance** (at SR time, :func:`order_by_appearance`): the best-scored candidates (a pool of
+``APPEARANCE_POOL``) are cropped with the shared alignment policy and the ``max_refs`` whose grey
+crop, area-resampled to the LR size, correlates best with the LR face (zero-mean, unit-norm) are
+used. This is the one thing the landmarks cannot see (expression details, lighting direction,
+glasses, hair over the forehead) and what the network can transfer: on celeba-wild dev, references
+picked this way helped HIME about three times as much as random other photos of the person
+(docs/training.md).
 """
 
 from __future__ import annotations
@@ -42,6 +50,7 @@ if TYPE_CHECKING:
     from hime_cli.library.index import LibraryIndex
 
 DEFAULT_MAX_REFS = 3
+APPEARANCE_POOL = 8  # candidates cropped and compared with the LR face per target
 DEFAULT_MIN_REGION = 128.0  # the HR crop size of the released models
 POSE_SIGMA = 0.025
 
@@ -195,3 +204,30 @@ def exemplar_faces_for_identity(
     live = resolve_identity(index, identity_id)
     faces = list(index.iter_faces(with_embeddings=False, identity_id=live))
     return exemplar_quality_order(faces, min_region=hr_size)
+
+
+def appearance_vector(image: np.ndarray, size: int) -> np.ndarray:
+    """A face crop (H, W, 3) or (H, W) in any range → grey, area-resampled to ``size`` px, zero-mean, unit-norm."""
+    import cv2
+
+    grey = np.asarray(image, dtype=np.float32)
+    if grey.ndim == 3:
+        grey = grey[..., :3] @ np.asarray([0.299, 0.587, 0.114], np.float32)
+    if grey.shape[:2] != (size, size):
+        grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
+    v = grey.ravel() - grey.mean()
+    norm = float(np.linalg.norm(v))
+    return v / norm if norm > 1e-8 else np.zeros_like(v)
+
+
+def order_by_appearance(lr: np.ndarray, crops: Sequence[np.ndarray]) -> list[int]:
+    """Indices of ``crops`` (aligned HR face crops) best first by correlation with the aligned LR face ``lr``.
+
+    Ties keep the given order (the caller's score ranking), so the choice is deterministic.
+    """
+    if not crops:
+        return []
+    size = int(lr.shape[0])
+    target = appearance_vector(lr, size)
+    scores = [float(appearance_vector(c, size) @ target) for c in crops]
+    return sorted(range(len(crops)), key=lambda i: (-scores[i], i))

@@ -2,8 +2,9 @@
 
 For each test face: canonical HR crop (the shared crop policy) → bicubic LR → each method's
 output is compared with the HR crop. Methods: ``bicubic``; ``hime`` (up to ``refs`` other photos
-of the same identity); ``hime_blank`` (no references); ``hime_wrong_refs`` (references of another
-identity). Metrics: PSNR and SSIM on RGB 0–255 over the whole crop, identity distance (dlib
+of the same identity, chosen as ``hime enhance`` chooses them: those that look most like the LR
+face); ``hime_random_refs`` (random other photos of the person); ``hime_blank`` (no references);
+``hime_wrong_refs`` (another identity's photos, chosen like ``hime``'s). Metrics: PSNR and SSIM on RGB 0–255 over the whole crop, identity distance (dlib
 embedding distance between output and HR), and ms per face for the network methods.
 """
 
@@ -22,7 +23,7 @@ from hime_cli.training.dataset import bicubic_downsample, canonical_view
 from hime_cli.training.metrics import psnr, ssim
 from hime_cli.training.prepare import HR_SIZE, CropSet
 
-METHODS = ("bicubic", "hime", "hime_blank", "hime_wrong_refs")
+METHODS = ("bicubic", "hime", "hime_random_refs", "hime_blank", "hime_wrong_refs")
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,46 @@ class EvalPlan:
     """Which faces are tested and which crops serve as their references (deterministic)."""
 
     targets: np.ndarray  # (T,) crop indices
-    refs: np.ndarray  # (T, R) crop indices, -1 = none
-    wrong_refs: np.ndarray  # (T, R) crop indices of another identity
+    refs: np.ndarray  # (T, R) crop indices, -1 = none: chosen as `hime enhance` chooses them
+    random_refs: np.ndarray  # (T, R) random other photos of the same identity
+    wrong_refs: np.ndarray  # (T, R) crop indices of another identity, chosen like ``refs``
 
 
-def make_plan(crops: CropSet, n_refs: int, limit: int | None = None, seed: int = 0) -> EvalPlan:
-    """Every face with ≥1 other photo of its identity is a target (or ``limit`` of them, spread over identities)."""
+def _appearance_vectors(crops: CropSet, scale: int) -> np.ndarray:
+    """(N, (128/scale)^2) grey LR-size appearance vectors of every crop (exemplars.appearance_vector)."""
+    from hime_cli.identities.exemplars import appearance_vector
+
+    hr = canonical_view(crops)
+    size = HR_SIZE // scale
+    lr = bicubic_downsample(hr, scale).permute(0, 2, 3, 1).numpy()
+    return np.stack([appearance_vector(x, size) for x in lr]) if len(lr) else np.zeros((0, size * size))
+
+
+def _pick(
+    pool: np.ndarray, k: int, rng: np.random.Generator, vectors: np.ndarray | None, target: int
+) -> np.ndarray:
+    """Up to ``k`` of ``pool``: a random pool of APPEARANCE_POOL, then (with ``vectors``) the ones
+    that look most like the target's LR face, as ``hime enhance`` picks among its best candidates."""
+    from hime_cli.identities.exemplars import APPEARANCE_POOL
+
+    if vectors is None:
+        return rng.choice(pool, size=min(k, len(pool)), replace=False)
+    sub = rng.choice(pool, size=min(max(k, APPEARANCE_POOL), len(pool)), replace=False)
+    score = vectors[sub] @ vectors[target]
+    return sub[np.argsort(-score, kind="stable")[:k]]
+
+
+def make_plan(
+    crops: CropSet, n_refs: int, limit: int | None = None, seed: int = 0, scale: int = 4
+) -> EvalPlan:
+    """Every face with ≥1 other photo of its identity is a target (or ``limit`` of them, spread over identities).
+
+    ``refs``: of a random pool of up to ``APPEARANCE_POOL`` other photos of the person, the
+    ``n_refs`` whose grey LR view correlates best with the target's LR input (the appearance step
+    of ``hime enhance``'s exemplar choice; the LR is all it looks at). ``random_refs``: ``n_refs``
+    random other photos. ``wrong_refs``: another person's photos, picked like ``refs`` (the
+    look-alikes a wrong cluster would offer: the harder test).
+    """
     rng = np.random.default_rng(seed)
     ids = crops.identity
     targets = np.asarray([i for i in range(len(crops)) if (ids == ids[i]).sum() >= 2], dtype=np.int64)
@@ -53,21 +88,24 @@ def make_plan(crops: CropSet, n_refs: int, limit: int | None = None, seed: int =
                     picked.append(members[depth])
             depth += 1
         targets = np.asarray(sorted(picked), dtype=np.int64)
+    vectors = _appearance_vectors(crops, scale) if len(targets) and n_refs else None
     refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
+    random_refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     wrong = np.full((len(targets), n_refs), -1, dtype=np.int64)
     identities = np.unique(ids)
     for row, t in enumerate(targets):
         own = np.flatnonzero((ids == ids[t]) & (np.arange(len(ids)) != t))
-        k = min(n_refs, len(own))
-        if k:
-            refs[row, :k] = rng.choice(own, size=k, replace=False)
+        if len(own) and n_refs:
+            chosen = _pick(own, n_refs, rng, vectors, t)
+            refs[row, : len(chosen)] = chosen
+            chosen = _pick(own, n_refs, rng, None, t)
+            random_refs[row, : len(chosen)] = chosen
         others = identities[identities != ids[t]]
         if len(others) and n_refs:
             other = rng.choice(others)
-            pool = np.flatnonzero(ids == other)
-            k = min(n_refs, len(pool))
-            wrong[row, :k] = rng.choice(pool, size=k, replace=False)
-    return EvalPlan(targets=targets, refs=refs, wrong_refs=wrong)
+            chosen = _pick(np.flatnonzero(ids == other), n_refs, rng, vectors, t)
+            wrong[row, : len(chosen)] = chosen
+    return EvalPlan(targets=targets, refs=refs, random_refs=random_refs, wrong_refs=wrong)
 
 
 class IdentityDistance:
@@ -110,7 +148,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info)."""
-    plan = make_plan(crops, n_refs, limit)
+    plan = make_plan(crops, n_refs, limit, scale=scale)
     hr_all = canonical_view(crops)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     idd = IdentityDistance() if with_identity else None
@@ -131,7 +169,7 @@ def evaluate(
             else:
                 if model is None:
                     continue
-                table = plan.refs if method == "hime" else plan.wrong_refs
+                table = {"hime": plan.refs, "hime_random_refs": plan.random_refs}.get(method, plan.wrong_refs)
                 rows = table[sl]
                 refs = mask = None
                 if method != "hime_blank" and rows.shape[1]:

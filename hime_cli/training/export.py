@@ -51,7 +51,8 @@ aligned face crops, trained by the hime project (`hime_cli/sr/hime.py`, architec
   Samples: HR = canonical 128 px crop with framing jitter (±{cfg.get("sampler", {}).get("rot_deg", "?")}°,
   ±{cfg.get("sampler", {}).get("shift", "?")} shift, zoom up to {cfg.get("sampler", {}).get("max_zoom", "?")} with p={cfg.get("sampler", {}).get("p_zoom", "?")}),
   LR = antialiased bicubic ↓{scale}; up to 3 references = other photos of the same identity; p={cfg.get("sampler", {}).get("p_blank", "?")}
-  no reference, p={cfg.get("sampler", {}).get("p_wrong", "?")} references of another person.
+  no reference, p={cfg.get("sampler", {}).get("p_wrong", "?")} references of another person, p={cfg.get("sampler", {}).get("p_self", 0)} (of the
+  samples with true references) the first reference is the target itself, re-framed and re-lit.
 - **Steps**: {train.get("steps", "?")}; **wall time**: {train.get("elapsed_s", 0) / 60:.1f} min; **hardware**: {hardware}
 
 ## Dev metrics (`hime eval ../shared/data/celeba-wild/dev --scale {scale} --refs {evaluation.get("refs", 3)}`)
@@ -61,7 +62,7 @@ id dist = dlib embedding distance to the HR crop (lower is better); ms/face on t
 
 | method | PSNR (dB) | SSIM | id dist | ms/face |
 |---|---|---|---|---|
-{row("bicubic")}{row("hime")}{row("hime_blank")}{row("hime_wrong_refs")}
+{row("bicubic")}{row("hime")}{row("hime_random_refs")}{row("hime_blank")}{row("hime_wrong_refs")}
 {notes}
 """
 

@@ -152,3 +152,19 @@ def test_pose_similarity_matches_documented_head_turns() -> None:
     assert pose_similarity(front, turned(15)) == pytest.approx(0.77, abs=0.03)
     assert pose_similarity(front, turned(27)) == pytest.approx(np.exp(-1), abs=0.05)
     assert pose_similarity(front, turned(45)) < 0.05
+
+
+def test_order_by_appearance_prefers_the_crop_that_looks_like_the_lr_face() -> None:
+    from hime_cli.identities.exemplars import appearance_vector, order_by_appearance
+
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:128, 0:128] / 128.0
+    face = np.stack([np.sin(6 * xx + 3 * yy)] * 3, -1).astype(np.float32) * 0.4 + 0.5
+    other = np.stack([np.sin(9 * yy)] * 3, -1).astype(np.float32) * 0.4 + 0.5
+    lr = face[::4, ::4] * 0.7 + 0.1  # darker, lower contrast: correlation ignores both
+    noisy = np.clip(face + rng.normal(0, 0.2, face.shape), 0, 1).astype(np.float32)
+    assert order_by_appearance(lr, [other, noisy, face]) == [2, 1, 0]
+    assert order_by_appearance(lr, []) == []
+    flat = np.full((32, 32, 3), 0.5, np.float32)
+    assert not appearance_vector(flat, 32).any()  # no NaN for a flat crop
+    assert order_by_appearance(lr, [flat, face]) == [1, 0]

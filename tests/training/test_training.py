@@ -122,7 +122,7 @@ def test_evaluate_reports_every_method() -> None:
     cs = synthetic_crops()
     torch.manual_seed(0)
     result = evaluate(create_model("hime_test_x4").eval(), cs, scale=4, limit=4, with_identity=False)
-    assert set(result["methods"]) == {"bicubic", "hime", "hime_blank", "hime_wrong_refs"}
+    assert set(result["methods"]) == {"bicubic", "hime", "hime_random_refs", "hime_blank", "hime_wrong_refs"}
     assert result["faces"] == 4 and result["lr_size"] == 32
     assert result["methods"]["bicubic"]["psnr"] > 15
     assert "ms_per_face" in result["methods"]["hime"]
@@ -158,7 +158,7 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     obj = json.loads(res.stdout)
     assert obj["scale"] == 4 and obj["faces"] == 3 and obj["params"] > 0
-    assert set(obj["methods"]) == {"bicubic", "hime", "hime_blank", "hime_wrong_refs"}
+    assert set(obj["methods"]) == {"bicubic", "hime", "hime_random_refs", "hime_blank", "hime_wrong_refs"}
 
 
 def test_cli_train_needs_a_budget(tmp_path: Path) -> None:
@@ -245,3 +245,25 @@ def test_self_references_are_the_target_reframed_and_relit() -> None:
     # p_self = 0: a reference is never the target itself
     _, hr0, refs0, _ = CropSampler(cs, SamplerConfig(**base, p_self=0.0), seed=3).sample(12)
     assert (_pearson(refs0[:, 0], hr0) < 0.9).all()
+
+
+def test_eval_plan_picks_references_that_look_like_the_lr_face() -> None:
+    from hime_cli.identities.exemplars import appearance_vector
+
+    cs = synthetic_crops(n_ids=2, per_id=8, seed=5)
+    plan = make_plan(cs, n_refs=2)
+    hr = canonical_view(cs)
+    lr = bicubic_downsample(hr, 4).permute(0, 2, 3, 1).numpy()
+    vec = np.stack([appearance_vector(x, 32) for x in lr])
+
+    def mean_similarity(table: np.ndarray) -> float:
+        return float(
+            np.mean(
+                [vec[r] @ vec[t] for t, row in zip(plan.targets, table, strict=True) for r in row if r >= 0]
+            )
+        )
+
+    assert mean_similarity(plan.refs) > mean_similarity(plan.random_refs)
+    for t, refs, rnd in zip(plan.targets, plan.refs, plan.random_refs, strict=True):
+        assert t not in refs and t not in rnd
+        assert all(cs.identity[r] == cs.identity[t] for r in [*refs, *rnd] if r >= 0)
