@@ -6,7 +6,7 @@ For the eval plan's faces (the same as ``hime eval``) it reports PSNR for:
 
 * ``blank``      — no reference;
 * ``random``     — 3 random other photos of the same person (``hime eval``'s ``hime_random_refs``);
-* ``chosen``     — 3 other photos picked like ``hime enhance`` picks them: of a pool of 8, those most
+* ``chosen``     — 3 other photos picked like ``hime enhance`` picks them: of up to 32 candidates, those most
   like the LR input (grey, at LR size) (``hime eval``'s ``hime``);
 * ``wrong``      — 3 photos of another person, picked the same way;
 * ``self``       — the target's own HR crop as the only reference (an oracle: it holds exactly the
