@@ -64,9 +64,12 @@ OUTPUT_FOLDER = "hime-enhanced"
 COMPARE_FOLDER = "hime-compare"
 DEFAULT_MIN_SCORE = 0.90
 DEFAULT_MAX_REFS = 3
-# Provisional until measured with the released weights (docs/enhance.md): faces up to 128 input
-# pixels at ×4, i.e. an output face of at most 4 × 128 px; ×2 and ×8 keep the same output bound.
-_DEFAULT_MAX_FACE = {2: 256.0, 4: 128.0, 8: 64.0}
+# Measured at ×4 (benchmarks/bench_enhance.py --sweep, docs/enhance.md): the gain over Lanczos on
+# the face box falls from +1.39 dB at 32 px faces to +0.40 dB at 96 px, the largest size the dev
+# photos can give a ground truth for; beyond it nothing shows that HIME helps, and the SR cost grows
+# with the face's area. ×2 runs the same ×4 model on the same input faces: the same limit. The ×8
+# model is trained on 16 px faces, half the ×4 model's: half the limit.
+_DEFAULT_MAX_FACE = {2: 96.0, 4: 96.0, 8: 48.0}
 # A reference folder face must be at least this close (dlib distance) to be "the person".
 REFS_MATCH_DISTANCE = 0.60
 # Two crops this similar (see _same_shot) are the same shot, e.g. a resized export of the photo

@@ -24,7 +24,7 @@ MaxFaceOpt = Annotated[
     typer.Option(
         "--max-face",
         help="Enhance faces up to this size (detection box side, input pixels). "
-        "Default: 128 at ×4, 256 at ×2, 64 at ×8 (see docs/enhance.md).",
+        "Default: 96 at ×2 and ×4, 48 at ×8 (measured: see docs/enhance.md).",
         show_default=False,
     ),
 ]
