@@ -155,7 +155,7 @@ def main() -> int:
 
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
     if args.sweep_only:
-        rows = sweep([], work, args)
+        rows = sweep(work, args)
         print(json.dumps({"sweep": rows}, indent=2) if args.json else "\n".join(map(str, rows)))
         return 0
     log(f"picking {args.photos} photos from {args.data} …")
@@ -217,7 +217,7 @@ def main() -> int:
         "load_average": os.getloadavg(),
     }
     if args.sweep:
-        result["sweep"] = sweep(picked, work, args)
+        result["sweep"] = sweep(work, args)
     if args.json:
         print(json.dumps(result, indent=2))
     else:
@@ -255,7 +255,7 @@ def sweep_candidates(data: Path, limit: int | None) -> list[tuple[Path, object]]
     return found
 
 
-def sweep(picked: list[tuple[Path, list]], work: Path, args: argparse.Namespace) -> list[dict]:
+def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
     """Mean PSNR gain over Lanczos on the face box vs input face size (``--refs`` = other photos).
 
     For each size t, up to ``--sweep-faces`` faces of at least 4 t px, one per identity first (then
@@ -270,8 +270,11 @@ def sweep(picked: list[tuple[Path, list]], work: Path, args: argparse.Namespace)
     for size in SWEEP_SIZES:
         eligible = [(photo, face) for photo, face in candidates if face.size >= 4 * size]
         seen: set[str] = set()
-        firsts = [pf for pf in eligible if not (pf[0].parent.name in seen or seen.add(pf[0].parent.name))]
-        ordered = firsts + [pf for pf in eligible if pf not in firsts]
+        firsts, rest = [], []
+        for photo, face in eligible:
+            (rest if photo.parent.name in seen else firsts).append((photo, face))
+            seen.add(photo.parent.name)
+        ordered = firsts + rest
         gains = []
         for k, (photo, face) in enumerate(ordered):
             if len(gains) >= args.sweep_faces:

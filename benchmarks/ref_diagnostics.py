@@ -32,15 +32,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from hime_cli.sr.blocks import rgb_to_luma as _luma
 from hime_cli.training.dataset import bicubic_downsample, canonical_view
 from hime_cli.training.evaluate import load_model_for_eval, make_plan
 from hime_cli.training.metrics import psnr
 from hime_cli.training.prepare import CropSet
-
-
-def _luma(x: torch.Tensor) -> torch.Tensor:
-    w = x.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-    return (x * w).sum(1, keepdim=True)
 
 
 def _highpass(y: torch.Tensor) -> torch.Tensor:
@@ -64,19 +60,17 @@ def main(argv: list[str] | None = None) -> dict:
 
     crops = CropSet.load(a.crops)
     if a.checkpoint:
-        from safetensors.torch import load_file
-
         from hime_cli.sr.registry import create_model
+        from hime_cli.training.train import load_checkpoint
 
         model = create_model(a.arch)
-        state = load_file(str(a.checkpoint))
-        model.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("model.")}, strict=True)
+        load_checkpoint(a.checkpoint, model, None)
         model.eval()
         label = str(a.checkpoint)
     else:
         model, label = load_model_for_eval(a.weights, a.scale)
-    plan = make_plan(crops, 3, a.limit, scale=a.scale)
     hr_all = canonical_view(crops)
+    plan = make_plan(crops, 3, a.limit, scale=a.scale, hr=hr_all)
     sums: dict[str, float] = {}
     stats: dict[str, list[float]] = {}
     probe = {"ee": 0.0, "er": 0.0, "rr": 0.0, "pixels": 0, "mse_blank": 0.0}

@@ -158,16 +158,16 @@ class CropSampler:
         is_self = own_refs & (rng.random(batch) < cfg.p_self) if cfg.p_self > 0 else np.zeros(batch, bool)
         ref_index[is_self, 0] = target[is_self]
         ref_theta = self._theta(batch * n, cfg.ref_rot_deg, cfg.ref_shift, 0.01, np.repeat(zoom, n))
-        if is_self.any():
-            rows = np.flatnonzero(is_self)
+        self_rows = np.flatnonzero(is_self)
+        if len(self_rows):
             ref_theta = ref_theta.view(batch, n, 2, 3).clone()
-            ref_theta[rows, 0] = self._perturb(target_theta[rows], cfg.self_rot_deg, cfg.self_shift)
+            ref_theta[self_rows, 0] = self._perturb(target_theta[self_rows], cfg.self_rot_deg, cfg.self_shift)
             ref_theta = ref_theta.view(batch * n, 2, 3)
         refs = self._warp(ref_index.reshape(-1), ref_theta, np.repeat(flip, n)).view(
             batch, n, 3, HR_SIZE, HR_SIZE
         )
-        if is_self.any():
-            rows_t = torch.from_numpy(np.flatnonzero(is_self)).to(self.device)
+        if len(self_rows):
+            rows_t = torch.from_numpy(self_rows).to(self.device)
             refs[rows_t, 0] = self._relight(refs[rows_t, 0])
         refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
         lr = bicubic_downsample(hr, cfg.scale)

@@ -36,11 +36,10 @@ class EvalPlan:
     wrong_refs: np.ndarray  # (T, R) crop indices of another identity, chosen like ``refs``
 
 
-def _appearance_vectors(crops: CropSet, scale: int) -> np.ndarray:
-    """(N, (128/scale)^2) grey LR-size appearance vectors of every crop (exemplars.appearance_vector)."""
+def _appearance_vectors(hr: torch.Tensor, scale: int) -> np.ndarray:
+    """(N, (128/scale)^2) grey LR-size appearance vectors of canonical crops ``hr`` (exemplars.appearance_vector)."""
     from hime_cli.identities.exemplars import appearance_vector
 
-    hr = canonical_view(crops)
     size = HR_SIZE // scale
     lr = bicubic_downsample(hr, scale).permute(0, 2, 3, 1).numpy()
     return np.stack([appearance_vector(x, size) for x in lr]) if len(lr) else np.zeros((0, size * size))
@@ -61,7 +60,12 @@ def _pick(
 
 
 def make_plan(
-    crops: CropSet, n_refs: int, limit: int | None = None, seed: int = 0, scale: int = 4
+    crops: CropSet,
+    n_refs: int,
+    limit: int | None = None,
+    seed: int = 0,
+    scale: int = 4,
+    hr: torch.Tensor | None = None,
 ) -> EvalPlan:
     """Every face with ≥1 other photo of its identity is a target (or ``limit`` of them, spread over identities).
 
@@ -69,7 +73,8 @@ def make_plan(
     ``n_refs`` whose grey LR view correlates best with the target's LR input (the appearance step
     of ``hime enhance``'s exemplar choice; the LR is all it looks at). ``random_refs``: ``n_refs``
     random other photos. ``wrong_refs``: another person's photos, picked like ``refs`` (the
-    look-alikes a wrong cluster would offer: the harder test).
+    look-alikes a wrong cluster would offer: the harder test). ``hr``: ``canonical_view(crops)``
+    when the caller has it already (it is decoded otherwise).
     """
     rng = np.random.default_rng(seed)
     ids = crops.identity
@@ -88,7 +93,9 @@ def make_plan(
                     picked.append(members[depth])
             depth += 1
         targets = np.asarray(sorted(picked), dtype=np.int64)
-    vectors = _appearance_vectors(crops, scale) if len(targets) and n_refs else None
+    vectors = None
+    if len(targets) and n_refs:
+        vectors = _appearance_vectors(canonical_view(crops) if hr is None else hr, scale)
     refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     random_refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     wrong = np.full((len(targets), n_refs), -1, dtype=np.int64)
@@ -148,8 +155,8 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
 ) -> dict:
     """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info)."""
-    plan = make_plan(crops, n_refs, limit, scale=scale)
     hr_all = canonical_view(crops)
+    plan = make_plan(crops, n_refs, limit, scale=scale, hr=hr_all)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     idd = IdentityDistance() if with_identity else None
     sums: dict[str, dict[str, float]] = {

@@ -148,7 +148,7 @@ class Validator:
         blank = float(psnr(model(self.lr), self.hr).mean())
         # An oracle: the target itself as the only reference. Far above psnr_blank once the
         # reference path works; equal to it while the network ignores its references.
-        own = float(psnr(model(self.lr, self.hr[:, None], self.mask[:, :1] | True), self.hr).mean())
+        own = float(psnr(model(self.lr, self.hr[:, None], torch.ones_like(self.mask[:, :1])), self.hr).mean())
         model.train()
         return {"psnr_bicubic": self.bicubic, "psnr_hime": with_refs, "psnr_blank": blank, "psnr_self": own}
 
