@@ -16,12 +16,16 @@ alignment and transfer is weak and the network learns to ignore them; a referenc
 the missing detail (misaligned and re-lit, so it cannot be copied blindly) teaches RFA to align and
 CoFA to weight by content similarity, which then transfers to other photos of the person.
 Evaluation never uses it: references there are always other photos.
+
+``p_similar``: with this probability a sample's true references are the photos of the person that
+look most like the target (grey correlation at LR size, the rule `hime enhance` and `hime eval` use
+to pick references) instead of random ones, so training sees the references inference will give it.
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 import torch
@@ -54,6 +58,7 @@ class SamplerConfig:
     p_self: float = 0.0  # one reference is the target's own HR face, re-framed and re-lit (see below)
     self_rot_deg: float = 1.5  # extra framing jitter of a self reference relative to the target
     self_shift: float = 0.02  # (fraction of the crop half-size: 0.02 = 1.3 HR px)
+    p_similar: float = 0.0  # true references are the most similar-looking photos (see above)
     ref_rot_deg: float = 2.0
     ref_shift: float = 0.015
     flip: bool = True
@@ -81,6 +86,7 @@ class CropSampler:
         # Targets need at least one other photo of their identity to draw references from.
         self.targets = np.asarray([i for i, k in enumerate(self.identity) if len(self.members[int(k)]) >= 2])
         self.identities = np.asarray(sorted(self.members))
+        self.similar = similar_members(crops, config.scale) if config.p_similar > 0 else {}
 
     def _theta(self, n: int, rot_deg: float, shift: float, scale_jitter: float, zoom: np.ndarray) -> Tensor:
         """affine_grid matrices (n, 2, 3): output canonical crop → stored crop, normalised coords."""
@@ -126,14 +132,14 @@ class CropSampler:
             0, 1
         )
 
-    def sample(self, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(lr (B,3,h,w), hr (B,3,128,128), refs (B,N,3,128,128), ref_mask (B,N) bool)."""
+    def reference_indices(self, target: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Reference crops for each target: (index (B, max_refs), mask (B, max_refs) bool).
+
+        Blank, wrong-identity, fewer and appearance-picked draws follow the config; self references
+        are decided later, in :meth:`sample`.
+        """
         cfg, rng = self.config, self.rng
-        target = rng.choice(self.targets, size=batch)
-        zoom = np.where(rng.random(batch) < cfg.p_zoom, rng.uniform(1.0, cfg.max_zoom, batch), 1.0)
-        flip = rng.random(batch) < 0.5 if cfg.flip else np.zeros(batch, bool)
-        target_theta = self._theta(batch, cfg.rot_deg, cfg.shift, cfg.scale_jitter, zoom)
-        hr = self._warp(target, target_theta, flip)
+        batch = len(target)
         n = cfg.max_refs
         ref_index = np.zeros((batch, n), dtype=np.int64)
         mask = np.zeros((batch, n), dtype=bool)
@@ -151,8 +157,23 @@ class CropSampler:
                 pool = self.members[own][self.members[own] != target[b]]
             k = n if rng.random() >= cfg.p_fewer else int(rng.integers(1, n))
             k = min(k, len(pool))
-            ref_index[b, :k] = rng.choice(pool, size=k, replace=False)
+            if u >= cfg.p_blank + cfg.p_wrong and self.similar and rng.random() < cfg.p_similar:
+                ref_index[b, :k] = self.similar[int(target[b])][:k]
+            else:
+                ref_index[b, :k] = rng.choice(pool, size=k, replace=False)
             mask[b, :k] = True
+        return ref_index, mask
+
+    def sample(self, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(lr (B,3,h,w), hr (B,3,128,128), refs (B,N,3,128,128), ref_mask (B,N) bool)."""
+        cfg, rng = self.config, self.rng
+        target = rng.choice(self.targets, size=batch)
+        zoom = np.where(rng.random(batch) < cfg.p_zoom, rng.uniform(1.0, cfg.max_zoom, batch), 1.0)
+        flip = rng.random(batch) < 0.5 if cfg.flip else np.zeros(batch, bool)
+        target_theta = self._theta(batch, cfg.rot_deg, cfg.shift, cfg.scale_jitter, zoom)
+        hr = self._warp(target, target_theta, flip)
+        n = cfg.max_refs
+        ref_index, mask = self.reference_indices(target)
         # Self references: the first slot of a sample with true references becomes the target itself.
         own_refs = mask[:, 0] & (self.identity[ref_index[:, 0]] == self.identity[target])
         is_self = own_refs & (rng.random(batch) < cfg.p_self) if cfg.p_self > 0 else np.zeros(batch, bool)
@@ -183,6 +204,30 @@ class CropSampler:
         return lr.contiguous(), hr.contiguous(), refs.contiguous(), torch.from_numpy(mask).to(self.device)
 
 
+def similar_members(crops: CropSet, scale: int, chunk: int = 256) -> dict[int, np.ndarray]:
+    """For each crop, the other crops of its identity, most similar-looking first.
+
+    Similarity is the correlation of grey crops at LR size (``HR_SIZE // scale``):
+    :func:`hime_cli.identities.exemplars.appearance_vector`, as enhance and eval use it.
+    """
+    from hime_cli.identities.exemplars import appearance_vector
+
+    size = HR_SIZE // scale
+    vectors = np.zeros((len(crops), size * size), np.float32)
+    for start in range(0, len(crops), chunk):
+        part = canonical_view(replace(crops, crops=crops.crops[start : start + chunk]))
+        for j, image in enumerate(part.permute(0, 2, 3, 1).numpy()):
+            vectors[start + j] = appearance_vector(image, size)
+    out: dict[int, np.ndarray] = {}
+    for k in np.unique(crops.identity):
+        members = np.flatnonzero(crops.identity == k)
+        scores = vectors[members] @ vectors[members].T
+        for row, i in enumerate(members):
+            order = [m for m in np.argsort(-scores[row], kind="stable") if members[m] != i]
+            out[int(i)] = members[np.asarray(order, dtype=np.int64)]
+    return out
+
+
 def canonical_view(crops: CropSet, device: str | torch.device = "cpu") -> Tensor:
     """All crops as canonical 128 px HR faces (no jitter): (N, 3, 128, 128) float in [0, 1]."""
     images = torch.from_numpy(crops.crops).permute(0, 3, 1, 2).float().div(255.0)
@@ -196,4 +241,4 @@ def canonical_view(crops: CropSet, device: str | torch.device = "cpu") -> Tensor
     return F.grid_sample(images, grid, mode="bicubic", align_corners=False).clamp(0, 1).to(device)
 
 
-__all__ = ["CropSampler", "SamplerConfig", "bicubic_downsample", "canonical_view", "math"]
+__all__ = ["CropSampler", "SamplerConfig", "bicubic_downsample", "canonical_view", "math", "similar_members"]

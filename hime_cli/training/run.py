@@ -64,6 +64,7 @@ def run_training(
     resume: bool = False,
     init_weights: Path | None = None,
     p_self: float | None = None,
+    p_similar: float | None = None,
     patch: int | None = None,
     warmup_steps: int | None = None,
     val_every: int | None = None,
@@ -94,6 +95,8 @@ def run_training(
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if p_self is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_self=p_self))
+    if p_similar is not None:
+        cfg = replace(cfg, sampler=replace(cfg.sampler, p_similar=p_similar))
     if patch is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, patch=patch))
     train_crops = load_or_prepare(data, log)
@@ -143,6 +146,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--resume", action="store_true")
     p.add_argument("--init", type=Path, help="start from these weights (fine-tune), fresh optimiser")
     p.add_argument("--p-self", type=float)
+    p.add_argument("--p-similar", type=float, help="share of true references picked by appearance")
     p.add_argument("--patch", type=int, help="train on random HR patches of this size")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--threads", type=int)
@@ -169,6 +173,7 @@ def main(argv: list[str] | None = None) -> None:
         checkpoint_minutes=a.checkpoint_minutes,
         init_weights=a.init,
         p_self=a.p_self,
+        p_similar=a.p_similar,
         patch=a.patch,
         warmup_steps=a.warmup_steps,
         val_every=a.val_every,

@@ -17,7 +17,13 @@ from pathlib import Path
 
 import torch
 
-from hime_cli.training.dataset import CropSampler, SamplerConfig, bicubic_downsample, canonical_view
+from hime_cli.training.dataset import (
+    CropSampler,
+    SamplerConfig,
+    bicubic_downsample,
+    canonical_view,
+    similar_members,
+)
 from hime_cli.training.metrics import psnr
 from hime_cli.training.prepare import CropSet
 
@@ -116,7 +122,7 @@ def load_checkpoint(
 
 
 class Validator:
-    """Fixed validation batch (no jitter): PSNR of bicubic, HIME with true references, and blank."""
+    """Fixed validation batch (no jitter): PSNR of bicubic, HIME with random and with appearance-picked true references, blank, and self."""
 
     def __init__(
         self, crops: CropSet, scale: int, device: torch.device, n: int = 64, refs: int = 3, seed: int = 123
@@ -136,6 +142,15 @@ class Validator:
         mask = torch.from_numpy(ref_idx >= 0)
         self.hr = hr[pick].to(device)
         self.refs = (hr[np.maximum(ref_idx, 0)] * mask[..., None, None, None]).to(device)
+        # The same faces with references picked by appearance, as enhance and eval pick them.
+        similar = similar_members(crops, scale)
+        chosen = np.full((len(pick), refs), -1)
+        for row, i in enumerate(pick):
+            best = similar[int(i)][:refs]
+            chosen[row, : len(best)] = best
+        chosen_mask = torch.from_numpy(chosen >= 0)
+        self.chosen = (hr[np.maximum(chosen, 0)] * chosen_mask[..., None, None, None]).to(device)
+        self.chosen_mask = chosen_mask.to(device)
         self.lr = bicubic_downsample(self.hr, scale)
         self.mask = mask.to(device)
         up = torch.nn.functional.interpolate(self.lr, scale_factor=scale, mode="bicubic", align_corners=False)
@@ -145,12 +160,19 @@ class Validator:
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         model.eval()
         with_refs = float(psnr(model(self.lr, self.refs, self.mask), self.hr).mean())
+        chosen = float(psnr(model(self.lr, self.chosen, self.chosen_mask), self.hr).mean())
         blank = float(psnr(model(self.lr), self.hr).mean())
         # An oracle: the target itself as the only reference. Far above psnr_blank once the
         # reference path works; equal to it while the network ignores its references.
         own = float(psnr(model(self.lr, self.hr[:, None], torch.ones_like(self.mask[:, :1])), self.hr).mean())
         model.train()
-        return {"psnr_bicubic": self.bicubic, "psnr_hime": with_refs, "psnr_blank": blank, "psnr_self": own}
+        return {
+            "psnr_bicubic": self.bicubic,
+            "psnr_hime": with_refs,
+            "psnr_chosen": chosen,
+            "psnr_blank": blank,
+            "psnr_self": own,
+        }
 
 
 def train(

@@ -9,7 +9,13 @@ import torch
 from typer.testing import CliRunner
 
 from hime_cli.cli.app import app
-from hime_cli.training.dataset import CropSampler, SamplerConfig, bicubic_downsample, canonical_view
+from hime_cli.training.dataset import (
+    CropSampler,
+    SamplerConfig,
+    bicubic_downsample,
+    canonical_view,
+    similar_members,
+)
 from hime_cli.training.evaluate import evaluate, make_plan
 from hime_cli.training.prepare import STORE_SIZE, CropSet, merge_crop_sets
 from hime_cli.training.train import TrainConfig, TrainState, learning_rate, load_checkpoint, train
@@ -208,6 +214,8 @@ def test_headless_entry_point_passes_every_option(tmp_path: Path) -> None:
             "0.5",
             "--patch",
             "64",
+            "--p-similar",
+            "0.7",
             "--warmup-steps",
             "3",
             "--val-every",
@@ -217,6 +225,7 @@ def test_headless_entry_point_passes_every_option(tmp_path: Path) -> None:
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["warmup_steps"] == 3 and cfg["val_every"] == 7
     assert cfg["sampler"]["p_self"] == 0.5 and cfg["sampler"]["patch"] == 64
+    assert cfg["sampler"]["p_similar"] == 0.7
     # One tiny step from the init weights stays close to them (a random init would not).
     from safetensors.torch import load_file
 
@@ -267,3 +276,40 @@ def test_eval_plan_picks_references_that_look_like_the_lr_face() -> None:
     for t, refs, rnd in zip(plan.targets, plan.refs, plan.random_refs, strict=True):
         assert t not in refs and t not in rnd
         assert all(cs.identity[r] == cs.identity[t] for r in [*refs, *rnd] if r >= 0)
+
+
+def test_similar_members_rank_the_identity_by_appearance() -> None:
+    from hime_cli.identities.exemplars import appearance_vector
+
+    cs = synthetic_crops(n_ids=2, per_id=6, seed=7)
+    similar = similar_members(cs, 4)
+    hr = canonical_view(cs).permute(0, 2, 3, 1).numpy()
+    vec = np.stack([appearance_vector(x, 32) for x in hr])
+    for i in range(len(cs)):
+        order = similar[i]
+        assert i not in order and len(order) == 5
+        assert all(cs.identity[j] == cs.identity[i] for j in order)
+        scores = vec[order] @ vec[i]
+        assert np.all(np.diff(scores) <= 1e-6), scores  # best first
+
+
+def test_sampler_p_similar_draws_the_most_similar_references() -> None:
+    cs = synthetic_crops(n_ids=2, per_id=6, seed=7)
+    base = dict(scale=4, p_blank=0.0, p_wrong=0.0, p_fewer=0.0, max_refs=2)
+    similar = similar_members(cs, 4)
+    targets = np.arange(len(cs))
+    index, mask = CropSampler(cs, SamplerConfig(**base, p_similar=1.0), seed=2).reference_indices(targets)
+    assert mask.all()
+    for t, refs in zip(targets, index, strict=True):
+        assert list(refs) == list(similar[t][:2])
+    # p_similar = 0: a random draw of the same identity, not always the top two
+    sampler = CropSampler(cs, SamplerConfig(**base), seed=2)
+    assert sampler.similar == {}
+    index, _ = sampler.reference_indices(np.repeat(targets, 4))
+    top = np.stack([similar[t][:2] for t in np.repeat(targets, 4)])
+    assert (np.sort(index, 1) != np.sort(top, 1)).any()
+    assert all(
+        cs.identity[r] == cs.identity[t] and r != t
+        for t, row in zip(np.repeat(targets, 4), index, strict=True)
+        for r in row
+    )
