@@ -49,6 +49,7 @@ import numpy as np
 from hime_cli.errors import HimeError, UsageError
 from hime_cli.faces.align import alignment_matrix, warp_to_crop
 from hime_cli.identities.exemplars import APPEARANCE_POOL, order_by_appearance
+from hime_cli.luma import luma
 from hime_cli.paths import get_paths
 from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
 from hime_cli.types import DetectedFace, Face, LoadedImage
@@ -737,9 +738,8 @@ def _same_shot(lr_crop: np.ndarray, ref_crop: np.ndarray) -> bool:
 
     size = lr_crop.shape[0]
     small = cv2.resize(ref_crop, (size, size), interpolation=cv2.INTER_AREA)
-    weights = np.array([0.299, 0.587, 0.114], np.float32)
-    a = cv2.GaussianBlur(lr_crop @ weights, (0, 0), 1.0)
-    b = cv2.GaussianBlur(small @ weights, (0, 0), 1.0)
+    a = cv2.GaussianBlur(luma(lr_crop), (0, 0), 1.0)
+    b = cv2.GaussianBlur(luma(small), (0, 0), 1.0)
     diff = float(np.abs((a - a.mean()) - (b - b.mean())).mean())
     return diff < SAME_SHOT_DIFF
 

@@ -45,6 +45,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hime_cli.faces.align import alignment_matrix, region_size
+from hime_cli.luma import luma
 from hime_cli.types import Face
 
 if TYPE_CHECKING:
@@ -213,7 +214,7 @@ def appearance_vector(image: np.ndarray, size: int) -> np.ndarray:
 
     grey = np.asarray(image, dtype=np.float32)
     if grey.ndim == 3:
-        grey = grey[..., :3] @ np.asarray([0.299, 0.587, 0.114], np.float32)
+        grey = luma(grey)
     if grey.shape[:2] != (size, size):
         grey = cv2.resize(grey, (size, size), interpolation=cv2.INTER_AREA)
     v = grey.ravel() - grey.mean()

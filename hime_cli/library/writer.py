@@ -51,6 +51,7 @@ from typing import Any, BinaryIO, NoReturn
 import numpy as np
 
 from hime_cli.errors import ImageWriteError
+from hime_cli.luma import luma
 from hime_cli.types import LoadedImage
 
 __all__ = [
@@ -272,12 +273,6 @@ def _to_uint16(a: np.ndarray) -> np.ndarray:
     return (np.clip(a, 0.0, 1.0) * 65535.0 + 0.5).astype(np.uint16)
 
 
-def _luma(rgb: np.ndarray) -> np.ndarray:
-    """Grey from RGB with the ITU-R 601 weights Pillow uses (exact for R = G = B)."""
-    rgb = np.asarray(rgb, dtype=np.float32)
-    return rgb[..., 0] * 0.299 + rgb[..., 1] * 0.587 + rgb[..., 2] * 0.114
-
-
 def _resolve_alpha(
     loaded: LoadedImage, alpha: np.ndarray | None, height: int, width: int
 ) -> np.ndarray | None:
@@ -306,7 +301,7 @@ def _pil_image(rgb: np.ndarray, alpha: np.ndarray | None, grey: bool) -> Any:
     from PIL import Image
 
     if grey:
-        grey8 = _to_uint8(_luma(rgb))
+        grey8 = _to_uint8(luma(rgb))
         if alpha is None:
             return Image.fromarray(grey8, "L")
         return Image.fromarray(np.dstack([grey8, _to_uint8(alpha)]), "LA")
@@ -654,7 +649,7 @@ def _png_chunk(tag: bytes, payload: bytes) -> bytes:
 
 def _write_png16(buf, rgb, alpha, grey, meta, source) -> None:
     """16-bit PNG (grey, grey+alpha, RGB, RGBA) with iCCP/eXIf/iTXt/pHYs; Pillow cannot write these."""
-    planes = [_to_uint16(_luma(rgb))[..., None]] if grey else [_to_uint16(rgb)]
+    planes = [_to_uint16(luma(rgb))[..., None]] if grey else [_to_uint16(rgb)]
     if alpha is not None:
         planes.append(_to_uint16(alpha)[..., None])
     pixels = np.concatenate(planes, axis=2)
@@ -776,7 +771,7 @@ def _write_tiff(buf, loaded, rgb, alpha, meta, source, quality) -> None:
         planes = [np.asarray(_to_cmyk(rgb, meta.icc))]
         photometric = 5  # separated (CMYK)
     elif grey:
-        planes = [to_int(_luma(rgb))[..., None]]
+        planes = [to_int(luma(rgb))[..., None]]
         photometric = 1  # BlackIsZero
     else:
         planes = [to_int(rgb)]

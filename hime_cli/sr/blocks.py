@@ -12,10 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hime_cli.luma import LUMA_WEIGHTS
 from hime_cli.sr.dconv import DeformConv2d
 
-# BT.601 luma weights: the HR extractor only needs a mono-channel reference (Sec. 3.1).
-_LUMA = (0.299, 0.587, 0.114)
+# The HR extractor only needs a mono-channel reference (Sec. 3.1): BT.601 luma, as everywhere in hime.
+_LUMA = LUMA_WEIGHTS
 
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
