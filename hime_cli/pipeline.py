@@ -920,8 +920,9 @@ class Enhancer:
                     identity_id=face.identity_id,
                 )
                 check_copies = isinstance(source, IndexSource)
-                # the canonical (rotated) LR crop: the same-shot check and the appearance order
-                canonical = warp_to_crop(loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size)
+                # the canonical (rotated) LR crop for the same-shot check and the appearance
+                # order, made only once a candidate's crop is at hand
+                canonical: np.ndarray | None = None
                 pool: list[tuple[np.ndarray, str]] = []
                 pool_size = max(opts.max_refs, APPEARANCE_POOL)
                 for cand in self._ranked_candidates(target_face, source.candidates(face), hr_size):
@@ -930,12 +931,17 @@ class Enhancer:
                     crop = self._exemplar_crop(cand, hr_size)
                     if crop is None:
                         continue
+                    if canonical is None:
+                        canonical = warp_to_crop(
+                            loaded.rgb, alignment_matrix(det.landmarks, lr_size), lr_size
+                        )
                     if check_copies and _same_shot(canonical, crop):
                         log.info("exemplar %s is a copy of %s; not used", cand.photo_path, plan.source)
                         continue
                     pool.append((crop, str(cand.photo_path)))
                 # of the best-scored candidates, those that look most like the LR face
-                for i in order_by_appearance(canonical, [c for c, _ in pool])[: opts.max_refs]:
+                order = order_by_appearance(canonical, [c for c, _ in pool]) if canonical is not None else []
+                for i in order[: opts.max_refs]:
                     refs.append(pool[i][0])
                     ref_paths.append(pool[i][1])
             status = "would-enhance" if opts.dry_run else "enhanced"
