@@ -464,12 +464,12 @@ class ImageCache:
         self._items: OrderedDict[Path, np.ndarray] = OrderedDict()
 
     def get(self, path: Path) -> np.ndarray:
-        from hime_cli.library.reader import load_image
+        from hime_cli.library.backup import load_original
 
         if path in self._items:
             self._items.move_to_end(path)
             return self._items[path]
-        rgb = load_image(path).rgb
+        rgb = load_original(path).rgb  # a photo enhanced in place serves its original face
         self._items[path] = rgb
         while len(self._items) > self.capacity:
             self._items.popitem(last=False)
@@ -508,9 +508,9 @@ def _analyse_ref_photo(
     path: Path, size: int, mtime_ns: int
 ) -> tuple[np.ndarray, list[DetectedFace], np.ndarray]:
     """(rgb, faces, embeddings) of a reference photo, cached per process by its stamp."""
-    from hime_cli.library.reader import load_image
+    from hime_cli.library.backup import load_original
 
-    rgb = load_image(path).rgb
+    rgb = load_original(path).rgb
     rgb.flags.writeable = False
     detected, emb = _detect_and_embed(rgb)
     return rgb, detected, emb
@@ -873,14 +873,15 @@ class Enhancer:
             yield chunk
 
     def _prepare(self, plan: PlannedPhoto, source: ExemplarSource) -> PhotoWork:
-        from hime_cli.library.reader import load_image
+        from hime_cli.library.backup import load_original
         from hime_cli.sr.inference import crop_image, face_crop
 
         opts = self.options
         started = time.perf_counter()
         if opts.in_place and self._restore_if_enhanced(plan.source, opts.dry_run):
             log.info("%s: restored the original before enhancing it again", plan.source)
-        loaded = load_image(plan.source)
+        # A photo enhanced in place earlier is enhanced again from its original, never from itself.
+        loaded = load_original(plan.source)
         faces = source.faces(plan.source, loaded)
         targets = source.targets(faces, opts)
         model_scale = self.model.scale if self.model else (8 if opts.scale == 8 else 4)

@@ -65,10 +65,10 @@ class _PhotoCache:
 
     def get(self, path: Path) -> np.ndarray | None:
         if path not in self._cache:
-            from hime_cli.library.reader import load_image
+            from hime_cli.library.backup import load_original
 
             try:
-                self._cache[path] = load_image(path).rgb
+                self._cache[path] = load_original(path).rgb  # the index describes originals
             except HimeError as exc:
                 log.warning("cannot read %s: %s", path, exc)
                 self._cache[path] = None

@@ -38,6 +38,7 @@ from hime_cli.library.writer import (
     temp_path_for,
 )
 from hime_cli.paths import get_paths
+from hime_cli.types import LoadedImage
 
 __all__ = [
     "BackupError",
@@ -46,6 +47,9 @@ __all__ = [
     "backup_original",
     "find_backups",
     "list_backups",
+    "load_original",
+    "original_bytes",
+    "replaced_paths",
     "replace_in_place",
     "restore",
 ]
@@ -247,6 +251,52 @@ def find_backups(path: str | os.PathLike[str]) -> list[BackupRecord]:
             "SELECT * FROM backups WHERE original_path = ? ORDER BY id", (str(_key(path)),)
         ).fetchall()
     return [_record(r) for r in rows]
+
+
+def replaced_paths() -> frozenset[Path]:
+    """Paths whose file is (or may be, if a run was killed mid-way) a version hime wrote in place.
+
+    Reads the manifest once; creates nothing when there is no backup store.
+    """
+    if not (_backups_dir() / "manifest.sqlite3").is_file():
+        return frozenset()
+    with _manifest() as db:
+        rows = db.execute(
+            "SELECT DISTINCT original_path FROM backups WHERE state IN ('pending', 'replaced')"
+        ).fetchall()
+    return frozenset(Path(r[0]) for r in rows)
+
+
+def original_bytes(
+    path: str | os.PathLike[str], data: bytes, sha256: str | None = None
+) -> tuple[bytes, str] | None:
+    """When ``data`` (what ``path`` holds now) is a version hime wrote with ``--in-place``: the
+    original's bytes, verified against their sha256, and that sha256. Otherwise None.
+
+    The index, exemplar crops and enhancement all work from originals: an enhanced photo is derived
+    data, and its super-resolved faces must never become references for other photos. Raises
+    :class:`BackupError` when the original's backup is missing or damaged.
+    """
+    key = _key(path)
+    if key not in replaced_paths():
+        return None
+    current = sha256 or hashlib.sha256(data).hexdigest()
+    for rec in find_backups(key):
+        if rec.replaced_sha256 == current and rec.state in ("pending", "replaced"):
+            original = _verify_object(rec.sha256, rec.size_bytes).read_bytes()
+            if hashlib.sha256(original).hexdigest() != rec.sha256:  # changed since it was verified
+                raise BackupError(f"the backup of {key} changed on disk; not used")
+            return original, rec.sha256
+    return None
+
+
+def load_original(path: str | os.PathLike[str], max_pixels: int | None = None) -> LoadedImage:
+    """:func:`~hime_cli.library.reader.load_image`, but a photo hime replaced in place loads as its original."""
+    from hime_cli.library.reader import MAX_PIXELS, load_image, read_file
+
+    data = read_file(path)
+    found = original_bytes(path, data)
+    return load_image(path, max_pixels or MAX_PIXELS, data=data if found is None else found[0])
 
 
 def list_backups(under: str | os.PathLike[str] | None = None) -> list[BackupRecord]:

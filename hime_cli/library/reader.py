@@ -199,9 +199,14 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
         raise ImageReadError(f"cannot read the file: {exc.strerror or exc}.") from None
 
 
-def load_image(path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS) -> LoadedImage:
-    """Decode a photo into float32 RGB [0, 1], orientation applied, metadata kept (see module doc)."""
-    decoded = decode_image(read_file(path), max_pixels=max_pixels)
+def load_image(
+    path: str | os.PathLike[str], max_pixels: int = MAX_PIXELS, *, data: bytes | None = None
+) -> LoadedImage:
+    """Decode a photo into float32 RGB [0, 1], orientation applied, metadata kept (see module doc).
+
+    ``data``: the photo's bytes when the caller already has them (``path`` is then only its name).
+    """
+    decoded = decode_image(read_file(path) if data is None else data, max_pixels=max_pixels)
     rgb, alpha = decoded.to_float()
     return LoadedImage(
         path=Path(path),

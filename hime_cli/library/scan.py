@@ -31,6 +31,7 @@ import hashlib
 import logging
 import multiprocessing
 import os
+import sqlite3
 import sys
 import time
 from collections import deque
@@ -176,8 +177,10 @@ class _Analyser:
         force: bool,
         detector: Detector | None,
         device: str,
+        replaced: frozenset[Path] = frozenset(),
     ) -> None:
         self._by_sha = by_sha
+        self._replaced = replaced
         self._embedder: Embedder | None = None if isinstance(embedder, str) else embedder
         self._embedder_name = embedder if isinstance(embedder, str) else embedder.name
         self._force = force
@@ -190,6 +193,8 @@ class _Analyser:
         try:
             data = read_file(pending.path)
             result.sha256 = hashlib.sha256(data).hexdigest()
+            if pending.path in self._replaced:
+                data = self._original(pending.path, data, result)
             if allow_shortcuts and not self._force and self._shortcut(result):
                 return result
             decoded = decode_image(data)
@@ -219,6 +224,20 @@ class _Analyser:
             log.debug("scan failed on %s", pending.path, exc_info=True)
             result.error = f"{type(exc).__name__}: {exc}"
         return result
+
+    def _original(self, path: Path, data: bytes, result: _Analysed) -> bytes:
+        """A photo hime enhanced in place is indexed as its original (see ``backup.original_bytes``)."""
+        from hime_cli.library.backup import original_bytes
+
+        try:
+            found = original_bytes(path, data, result.sha256)
+        except HimeError as exc:
+            log.warning("%s: %s; indexing the enhanced file itself", path, exc.message)
+            return data
+        if found is None:
+            return data
+        result.sha256 = found[1]
+        return found[0]
 
     def _get_detector(self) -> Detector:
         if self._detector is None:
@@ -328,8 +347,9 @@ def scan_paths(
         # Load the embedder here first: a missing model fails the scan at once, clearly.
         embedder_obj = embedder if not isinstance(embedder, str) else _resolve_embedder(embedder)
         by_sha = _contents_by_sha(index)
-        analyser_args = (by_sha, embedder, force, detector, device)
-        local = _Analyser(by_sha, embedder_obj, force, detector, device)
+        replaced = _replaced_paths()
+        analyser_args = (by_sha, embedder, force, detector, device, replaced)
+        local = _Analyser(by_sha, embedder_obj, force, detector, device, replaced)
         n_workers = worker_count(workers) if parallel else 1
         if len(todo) < PROCESS_MIN_PHOTOS:
             n_workers = 1
@@ -530,6 +550,17 @@ def _resolve_embedder(embedder: str | Embedder) -> Embedder:
 
         return get_embedder(embedder)
     return embedder
+
+
+def _replaced_paths() -> frozenset[Path]:
+    """Photos hime replaced in place; an unreadable backup manifest only costs that feature."""
+    from hime_cli.library.backup import replaced_paths
+
+    try:
+        return replaced_paths()
+    except (OSError, sqlite3.Error) as exc:
+        log.warning("cannot read the backup manifest (%s); enhanced photos are indexed as they are", exc)
+        return frozenset()
 
 
 def _contents_by_sha(index: LibraryIndex) -> dict[str, list[_Content]]:

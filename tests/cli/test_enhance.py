@@ -285,6 +285,23 @@ def _check_invariants(work: Path, originals: dict[str, bytes]) -> tuple[int, int
 
 
 @pytest.mark.slow
+def test_photo_enhanced_in_place_is_enhanced_again_from_its_original(tmp_path: Path, weights: Path) -> None:
+    folder = tmp_path / "in"
+    folder.mkdir()
+    Image.fromarray(astronaut()).save(folder / "a.jpg", quality=95)
+    result = _invoke(["enhance", str(folder), "--in-place", *_base(weights)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    assert Image.open(folder / "a.jpg").size == (512, 512)
+    # Another run to another folder works from the original (the index describes it), not from
+    # the ×4 file: the output is ×4 of the original, with its face found where the index says.
+    out = tmp_path / "out"
+    result = _invoke(["enhance", str(folder), "--out", str(out), "--json", *_base(weights)])
+    assert result.exit_code == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["summary"]["faces_enhanced"] == 1
+    assert Image.open(out / "a.jpg").size == (512, 512)
+
+
 def test_sigkill_in_place_never_loses_or_tears_a_photo(tmp_path: Path, weights: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()

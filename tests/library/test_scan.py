@@ -341,3 +341,65 @@ def test_scan_falls_back_in_process_when_workers_cannot_start(tmp_path: Path) ->
     result_lines = [line for line in proc.stdout.splitlines() if line.startswith("RESULT")]
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert result_lines[-1] == "RESULT 10 0 10"
+
+
+def _replace_with_upscale(path: Path, factor: int = 4) -> None:
+    """What `hime enhance --in-place` does to a photo: a verified backup, then a bigger version."""
+    from hime_cli.library.backup import replace_in_place
+
+    im = Image.open(path)
+    big = im.resize((im.width * factor, im.height * factor), Image.Resampling.BICUBIC)
+    replace_in_place(path, lambda tmp: big.save(tmp, format="JPEG", quality=95))
+
+
+def test_photo_enhanced_in_place_is_indexed_as_its_original(library: Path) -> None:
+    from hime_cli.library.backup import load_original, restore
+
+    target = library / "album0" / "p0.jpg"
+    original = np.asarray(Image.open(target).convert("RGB"))
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        before = index.get_photo_by_path(target)
+        assert before is not None
+        faces_before = index.faces_for_photo(before.id)
+        _replace_with_upscale(target)
+        assert Image.open(target).size == (384, 256)
+        # the enhanced file is not re-detected: same row, same faces, the original's content hash
+        report, detector, _ = _scan([library], index)
+        assert (report.updated, report.new, report.unchanged, detector.calls) == (0, 0, 3, 0)
+        after = index.get_photo_by_path(target)
+        assert after is not None and after.id == before.id and after.sha256 == before.sha256
+        assert (after.width, after.height) == (96, 64)
+        assert after.size_bytes == target.stat().st_size  # stamp of the file now there: next scan skips it
+        assert [f.id for f in index.faces_for_photo(after.id)] == [f.id for f in faces_before]
+        assert _scan([library], index)[0].unchanged == 3
+        # readers of the index get the original pixels (its faces' coordinates are the original's)
+        np.testing.assert_array_equal(np.round(load_original(target).rgb * 255).astype(np.uint8), original)
+        # restored: the same content again, nothing re-detected
+        assert restore([target]).ok
+        report, detector, _ = _scan([library], index)
+        assert (report.updated, report.unchanged, detector.calls) == (0, 3, 0)
+
+
+def test_index_built_after_an_in_place_run_describes_the_original(library: Path) -> None:
+    target = library / "album1" / "p1.jpg"
+    _replace_with_upscale(target)
+    with LibraryIndex.open() as index:
+        _scan([library], index)
+        record = index.get_photo_by_path(target)
+        assert record is not None and (record.width, record.height) == (96, 64)
+        face = index.faces_for_photo(record.id)[0]
+        assert face.box.x1 <= 96 and face.box.y1 <= 64
+
+
+def test_missing_backup_falls_back_to_indexing_the_file(library: Path) -> None:
+    from hime_cli.library.backup import find_backups
+
+    target = library / "album0" / "p0.jpg"
+    _replace_with_upscale(target)
+    find_backups(target)[0].backup_path.unlink()
+    with LibraryIndex.open() as index:
+        report, _, _ = _scan([library], index)
+        assert report.failed == 0
+        record = index.get_photo_by_path(target)
+        assert record is not None and (record.width, record.height) == (384, 256)
