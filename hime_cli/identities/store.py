@@ -205,8 +205,9 @@ def update_identities(
             dtype=np.int64,
         )
         emb = np.stack([f.embedding for f in usable]).astype(np.float64)
-        if (groups >= 0).any():
-            labels = constrained_average_linkage(emb, groups, thr)
+        apart = same_photo_pairs(usable, groups)
+        if (groups >= 0).any() or apart:
+            labels = constrained_average_linkage(emb, groups, thr, cannot_link=apart)
         else:
             labels = cluster_embeddings(emb, thr)  # the same partition; sklearn is lighter here
 
@@ -233,6 +234,25 @@ def update_identities(
                 _assign(conn, face_ids, identity_id, "auto")
                 created.append(identity_id)
     return ClusterReport(embedder, thr, len(new), joined, tuple(created), skipped)
+
+
+def same_photo_pairs(faces: Sequence[Face], groups: np.ndarray) -> list[tuple[int, int]]:
+    """Index pairs of ``faces`` from one photo, at least one of them unplaced (``groups`` < 0).
+
+    A person appears once in a photo, so two faces of one photo never join one identity
+    automatically (in a group shot, small blurry faces of different people can embed close
+    together). Faces already together in an identity (a user's decision) are left as they are.
+    """
+    by_photo: dict[int, list[int]] = {}
+    for i, face in enumerate(faces):
+        by_photo.setdefault(face.photo_id, []).append(i)
+    pairs = []
+    for members in by_photo.values():
+        for x, a in enumerate(members):
+            for b in members[x + 1 :]:
+                if groups[a] < 0 or groups[b] < 0:
+                    pairs.append((a, b))
+    return pairs
 
 
 # ---------------------------------------------------------------------- user decisions
@@ -343,7 +363,7 @@ def recluster_identity(
         by_user = _assigned_by(conn, [f.id for f in faces])
         groups = np.array([0 if by_user.get(f.id) == "user" else -1 for f in faces], dtype=np.int64)
         emb = np.stack([f.embedding for f in faces]).astype(np.float64)
-        labels = constrained_average_linkage(emb, groups, thr)
+        labels = constrained_average_linkage(emb, groups, thr, cannot_link=same_photo_pairs(faces, groups))
         if (groups == 0).any():
             keep = int(labels[int(np.flatnonzero(groups == 0)[0])])
         else:

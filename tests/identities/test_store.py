@@ -229,3 +229,33 @@ def test_list_and_exemplars(index: LibraryIndex) -> None:
     assert small[0] not in {f.id for f in ex} and len(ex) == 3
     assert ex[-1].id == pair[0]  # the smallest usable one ranks last (equal sharpness and score)
     assert all(f.identity_id == a for f in ex)
+
+
+def test_faces_of_one_photo_never_join_one_identity(index: LibraryIndex) -> None:
+    centres = person_centres(2, seed=3)
+    rng = np.random.default_rng(7)
+    # A group shot: three faces whose embeddings are as close as one person's (small, blurry faces).
+    group = add_photo(index, "group.jpg", [face_embedding(centres[0], rng) for _ in range(3)])
+    solo = add_photo(index, "solo.jpg", [face_embedding(centres[0], rng)])
+    update_identities(index)
+    ids = face_identities(index)
+    assert len({ids[f] for f in group}) == 3  # one person per face of the photo
+    assert ids[solo[0]] in {ids[f] for f in group}  # the other photo's face still joins one of them
+    # Later faces of that photo (a re-scan found one more) do not join its other faces either.
+    more = add_photo(index, "group2.jpg", [face_embedding(centres[0], rng) for _ in range(2)])
+    update_identities(index)
+    ids = face_identities(index)
+    assert ids[more[0]] != ids[more[1]]
+
+
+def test_recluster_separates_faces_of_one_photo(index: LibraryIndex) -> None:
+    centres = person_centres(1, seed=4)
+    rng = np.random.default_rng(8)
+    group = add_photo(index, "group.jpg", [face_embedding(centres[0], rng) for _ in range(2)])
+    update_identities(index)
+    a = face_identities(index)[group[0]]
+    index.conn.execute("UPDATE faces SET identity_id = ?, assigned_by = 'auto' WHERE id = ?", (a, group[1]))
+    report = recluster_identity(index, a)
+    assert len(report.new_identities) == 1
+    ids = face_identities(index)
+    assert ids[group[0]] != ids[group[1]]
