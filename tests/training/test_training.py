@@ -313,3 +313,26 @@ def test_sampler_p_similar_draws_the_most_similar_references() -> None:
         for t, row in zip(np.repeat(targets, 4), index, strict=True)
         for r in row
     )
+
+
+def test_prepared_crops_are_the_same_on_the_first_run_and_from_the_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hime_cli.training.prepare as prepare
+    from hime_cli.training.run import load_or_prepare
+
+    rng = np.random.default_rng(0)
+    noisy = synthetic_crops()
+    noisy = CropSet(
+        crops=rng.integers(0, 256, noisy.crops.shape, dtype=np.uint8),  # JPEG cannot keep this exactly
+        identity=noisy.identity,
+        identities=noisy.identities,
+        region=noisy.region,
+        sources=noisy.sources,
+    )
+    monkeypatch.setattr(prepare, "prepare_crops", lambda data, limit_identities=None: (noisy, {"kept": 9}))
+    folder = tmp_path / "people"
+    folder.mkdir()
+    first = load_or_prepare(folder, log=lambda s: None)
+    again = load_or_prepare(folder, log=lambda s: None)
+    assert np.array_equal(first.crops, again.crops)
