@@ -52,7 +52,8 @@ aligned face crops, trained by the hime project (`hime_cli/sr/hime.py`, architec
   ±{cfg.get("sampler", {}).get("shift", "?")} shift, zoom up to {cfg.get("sampler", {}).get("max_zoom", "?")} with p={cfg.get("sampler", {}).get("p_zoom", "?")}),
   LR = antialiased bicubic ↓{scale}; up to 3 references = other photos of the same identity; p={cfg.get("sampler", {}).get("p_blank", "?")}
   no reference, p={cfg.get("sampler", {}).get("p_wrong", "?")} references of another person, p={cfg.get("sampler", {}).get("p_self", 0)} (of the
-  samples with true references) the first reference is the target itself, re-framed and re-lit.
+  samples with true references) the first reference is the target itself, re-framed and re-lit;
+  p={cfg.get("sampler", {}).get("p_similar", 0)} (of those) the true references are the person's most similar-looking photos.
 - **Steps**: {train.get("steps", "?")}; **wall time**: {train.get("elapsed_s", 0) / 60:.1f} min; **hardware**: {hardware}
 
 ## Dev metrics (`hime eval ../shared/data/celeba-wild/dev --scale {scale} --refs {evaluation.get("refs", 3)}`)
