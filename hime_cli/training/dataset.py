@@ -204,20 +204,37 @@ class CropSampler:
         return lr.contiguous(), hr.contiguous(), refs.contiguous(), torch.from_numpy(mask).to(self.device)
 
 
-def similar_members(crops: CropSet, scale: int, chunk: int = 256) -> dict[int, np.ndarray]:
-    """For each crop, the other crops of its identity, most similar-looking first.
+def appearance_vectors(hr: Tensor, scale: int) -> np.ndarray:
+    """(N, (128/scale)^2) grey appearance vectors of canonical HR crops ``hr``, seen at LR size.
 
-    Similarity is the correlation of grey crops at LR size (``HR_SIZE // scale``):
-    :func:`hime_cli.identities.exemplars.appearance_vector`, as enhance and eval use it.
+    The LR view (:func:`bicubic_downsample`) through
+    :func:`hime_cli.identities.exemplars.appearance_vector`: the rule ``hime eval`` and the
+    sampler's ``p_similar`` pick references by, as ``hime enhance`` does with the LR face.
     """
     from hime_cli.identities.exemplars import appearance_vector
 
     size = HR_SIZE // scale
-    vectors = np.zeros((len(crops), size * size), np.float32)
-    for start in range(0, len(crops), chunk):
-        part = canonical_view(replace(crops, crops=crops.crops[start : start + chunk]))
-        for j, image in enumerate(part.permute(0, 2, 3, 1).numpy()):
-            vectors[start + j] = appearance_vector(image, size)
+    lr = bicubic_downsample(hr, scale).permute(0, 2, 3, 1).numpy()
+    return np.stack([appearance_vector(x, size) for x in lr]) if len(lr) else np.zeros((0, size * size))
+
+
+def similar_members(
+    crops: CropSet, scale: int, hr: Tensor | None = None, chunk: int = 256
+) -> dict[int, np.ndarray]:
+    """For each crop, the other crops of its identity, most similar-looking first
+    (:func:`appearance_vectors`). ``hr``: ``canonical_view(crops)`` when the caller has it;
+    otherwise crops are decoded ``chunk`` at a time (a training set does not fit as float32)."""
+    if hr is not None:
+        vectors = appearance_vectors(hr, scale)
+    else:
+        vectors = np.concatenate(
+            [
+                appearance_vectors(
+                    canonical_view(replace(crops, crops=crops.crops[start : start + chunk])), scale
+                )
+                for start in range(0, len(crops), chunk)
+            ]
+        )
     out: dict[int, np.ndarray] = {}
     for k in np.unique(crops.identity):
         members = np.flatnonzero(crops.identity == k)
@@ -241,4 +258,12 @@ def canonical_view(crops: CropSet, device: str | torch.device = "cpu") -> Tensor
     return F.grid_sample(images, grid, mode="bicubic", align_corners=False).clamp(0, 1).to(device)
 
 
-__all__ = ["CropSampler", "SamplerConfig", "bicubic_downsample", "canonical_view", "math", "similar_members"]
+__all__ = [
+    "CropSampler",
+    "SamplerConfig",
+    "appearance_vectors",
+    "bicubic_downsample",
+    "canonical_view",
+    "math",
+    "similar_members",
+]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hime_cli.training.dataset import bicubic_downsample, canonical_view
+from hime_cli.training.dataset import appearance_vectors, bicubic_downsample, canonical_view
 from hime_cli.training.metrics import psnr, ssim
 from hime_cli.training.prepare import HR_SIZE, CropSet
 
@@ -34,15 +34,6 @@ class EvalPlan:
     refs: np.ndarray  # (T, R) crop indices, -1 = none: chosen as `hime enhance` chooses them
     random_refs: np.ndarray  # (T, R) random other photos of the same identity
     wrong_refs: np.ndarray  # (T, R) crop indices of another identity, chosen like ``refs``
-
-
-def _appearance_vectors(hr: torch.Tensor, scale: int) -> np.ndarray:
-    """(N, (128/scale)^2) grey LR-size appearance vectors of canonical crops ``hr`` (exemplars.appearance_vector)."""
-    from hime_cli.identities.exemplars import appearance_vector
-
-    size = HR_SIZE // scale
-    lr = bicubic_downsample(hr, scale).permute(0, 2, 3, 1).numpy()
-    return np.stack([appearance_vector(x, size) for x in lr]) if len(lr) else np.zeros((0, size * size))
 
 
 def _pick(
@@ -95,7 +86,7 @@ def make_plan(
         targets = np.asarray(sorted(picked), dtype=np.int64)
     vectors = None
     if len(targets) and n_refs:
-        vectors = _appearance_vectors(canonical_view(crops) if hr is None else hr, scale)
+        vectors = appearance_vectors(canonical_view(crops) if hr is None else hr, scale)
     refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     random_refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     wrong = np.full((len(targets), n_refs), -1, dtype=np.int64)

@@ -143,7 +143,7 @@ class Validator:
         self.hr = hr[pick].to(device)
         self.refs = (hr[np.maximum(ref_idx, 0)] * mask[..., None, None, None]).to(device)
         # The same faces with references picked by appearance, as enhance and eval pick them.
-        similar = similar_members(crops, scale)
+        similar = similar_members(crops, scale, hr)
         chosen = np.full((len(pick), refs), -1)
         for row, i in enumerate(pick):
             best = similar[int(i)][:refs]

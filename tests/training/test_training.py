@@ -282,9 +282,10 @@ def test_similar_members_rank_the_identity_by_appearance() -> None:
     from hime_cli.identities.exemplars import appearance_vector
 
     cs = synthetic_crops(n_ids=2, per_id=6, seed=7)
-    similar = similar_members(cs, 4)
-    hr = canonical_view(cs).permute(0, 2, 3, 1).numpy()
-    vec = np.stack([appearance_vector(x, 32) for x in hr])
+    similar = similar_members(cs, 4, chunk=5)  # decoded in chunks: the same as all at once
+    assert all(np.array_equal(similar[i], v) for i, v in similar_members(cs, 4, canonical_view(cs)).items())
+    lr = bicubic_downsample(canonical_view(cs), 4).permute(0, 2, 3, 1).numpy()
+    vec = np.stack([appearance_vector(x, 32) for x in lr])  # the LR view, as eval and enhance see it
     for i in range(len(cs)):
         order = similar[i]
         assert i not in order and len(order) == 5
