@@ -216,6 +216,21 @@ def _verify_object(sha: str, size: int) -> Path:
     return path
 
 
+def _read_object(sha: str, size: int) -> bytes:
+    """A backup's bytes, read once and checked against its size and sha256."""
+    path = _object_path(sha)
+    try:
+        data = path.read_bytes()
+    except OSError:
+        data = b""
+    if len(data) != size or hashlib.sha256(data).hexdigest() != sha:
+        raise BackupError(
+            f"the backup {path} does not match the original (sha256 {sha[:12]}…); not used",
+            hint="check the disk holding the backups (`hime paths`)",
+        )
+    return data
+
+
 # ------------------------------------------------------------------------------- public API
 
 
@@ -253,12 +268,16 @@ def find_backups(path: str | os.PathLike[str]) -> list[BackupRecord]:
     return [_record(r) for r in rows]
 
 
+def _has_manifest() -> bool:
+    return (_backups_dir() / "manifest.sqlite3").is_file()
+
+
 def replaced_paths() -> frozenset[Path]:
     """Paths whose file is (or may be, if a run was killed mid-way) a version hime wrote in place.
 
     Reads the manifest once; creates nothing when there is no backup store.
     """
-    if not (_backups_dir() / "manifest.sqlite3").is_file():
+    if not _has_manifest():
         return frozenset()
     with _manifest() as db:
         rows = db.execute(
@@ -275,28 +294,28 @@ def original_bytes(
 
     The index, exemplar crops and enhancement all work from originals: an enhanced photo is derived
     data, and its super-resolved faces must never become references for other photos. Raises
-    :class:`BackupError` when the original's backup is missing or damaged.
+    :class:`BackupError` when the original's backup is missing or damaged. One indexed manifest
+    query per call (none without a backup store), and the data is hashed only for a replaced path.
     """
-    key = _key(path)
-    if key not in replaced_paths():
+    if not _has_manifest():
+        return None
+    records = [r for r in find_backups(path) if r.state in ("pending", "replaced")]
+    if not records:
         return None
     current = sha256 or hashlib.sha256(data).hexdigest()
-    for rec in find_backups(key):
-        if rec.replaced_sha256 == current and rec.state in ("pending", "replaced"):
-            original = _verify_object(rec.sha256, rec.size_bytes).read_bytes()
-            if hashlib.sha256(original).hexdigest() != rec.sha256:  # changed since it was verified
-                raise BackupError(f"the backup of {key} changed on disk; not used")
-            return original, rec.sha256
+    for rec in records:
+        if rec.replaced_sha256 == current:
+            return _read_object(rec.sha256, rec.size_bytes), rec.sha256
     return None
 
 
-def load_original(path: str | os.PathLike[str], max_pixels: int | None = None) -> LoadedImage:
+def load_original(path: str | os.PathLike[str]) -> LoadedImage:
     """:func:`~hime_cli.library.reader.load_image`, but a photo hime replaced in place loads as its original."""
-    from hime_cli.library.reader import MAX_PIXELS, load_image, read_file
+    from hime_cli.library.reader import load_image, read_file
 
     data = read_file(path)
     found = original_bytes(path, data)
-    return load_image(path, max_pixels or MAX_PIXELS, data=data if found is None else found[0])
+    return load_image(path, data=data if found is None else found[0])
 
 
 def list_backups(under: str | os.PathLike[str] | None = None) -> list[BackupRecord]:

@@ -15,9 +15,6 @@ from torch import Tensor, nn
 from hime_cli.luma import LUMA_WEIGHTS
 from hime_cli.sr.dconv import DeformConv2d
 
-# The HR extractor only needs a mono-channel reference (Sec. 3.1): BT.601 luma, as everywhere in hime.
-_LUMA = LUMA_WEIGHTS
-
 
 def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_channels, out_channels, 3, stride=stride, padding=1)
@@ -25,7 +22,7 @@ def conv3x3(in_channels: int, out_channels: int, stride: int = 1) -> nn.Conv2d:
 
 def rgb_to_luma(rgb: Tensor) -> Tensor:
     """(..., 3, H, W) RGB -> (..., 1, H, W) luma."""
-    weights = rgb.new_tensor(_LUMA).view(3, 1, 1)
+    weights = rgb.new_tensor(LUMA_WEIGHTS).view(3, 1, 1)  # the HR extractor sees mono (Sec. 3.1)
     return (rgb * weights).sum(dim=-3, keepdim=True)
 
 
