@@ -184,11 +184,15 @@ print("done", flush=True)
 def _check_invariants(folder: Path, originals: dict[str, bytes]) -> int:
     """Every photo is untouched, or fully replaced with its verified backup recorded."""
     replaced = 0
-    db = sqlite3.connect(get_paths().backups_dir / "manifest.sqlite3")
-    try:
-        rows = db.execute("SELECT original_path, sha256 FROM backups").fetchall()
-    finally:
-        db.close()
+    rows = []
+    manifest = get_paths().backups_dir / "manifest.sqlite3"
+    if manifest.exists():  # a kill before the first backup leaves none, or one without its table
+        db = sqlite3.connect(f"{manifest.as_uri()}?mode=ro", uri=True)  # never create it here
+        try:
+            if db.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'backups'").fetchone():
+                rows = db.execute("SELECT original_path, sha256 FROM backups").fetchall()
+        finally:
+            db.close()
     recorded = {(Path(p).name, s) for p, s in rows}
     for name, data in originals.items():
         current = (folder / name).read_bytes()
