@@ -89,6 +89,7 @@ class BackupRecord:
     created_at: float
     state: str  # backed_up | pending | replaced | restored
     replaced_sha256: str | None = None
+    restored_at: float | None = None
     already_replaced: bool = False  # replace_in_place found the photo already replaced by hime
 
 
@@ -154,7 +155,7 @@ def _key(path: str | os.PathLike[str]) -> Path:
 
 
 def _record(row: sqlite3.Row | tuple, *, already: bool = False) -> BackupRecord:
-    _id, original, sha, size, mode, mtime_ns, created, replaced, state, _restored = row
+    _id, original, sha, size, mode, mtime_ns, created, replaced, state, restored = row
     return BackupRecord(
         original_path=Path(original),
         backup_path=_object_path(sha),
@@ -165,6 +166,7 @@ def _record(row: sqlite3.Row | tuple, *, already: bool = False) -> BackupRecord:
         created_at=created,
         state=state,
         replaced_sha256=replaced,
+        restored_at=restored,
         already_replaced=already,
     )
 
@@ -402,7 +404,8 @@ def restore(
 ) -> RestoreReport:
     """Put the originals back (atomically, mode and mtime included) for files or whole folders.
 
-    The oldest backup of a path is its original. A photo that no longer is what hime wrote
+    A photo goes back to the original hime replaced to make it (the latest one, not the oldest:
+    a photo edited and enhanced again comes back as the edit). A photo that no longer is what hime wrote
     (edited since) is refused unless ``force``. A deleted photo is brought back.
     """
     out = _Builder()
@@ -433,18 +436,41 @@ def restore(
     )
 
 
+def _latest(records: Iterable[BackupRecord]) -> BackupRecord:
+    """The most recent of ``records``: a live replacement first, then by when it was last used."""
+
+    def when(rec: BackupRecord) -> tuple[bool, float]:
+        return rec.state in ("pending", "replaced"), max(rec.created_at, rec.restored_at or 0.0)
+
+    return max(records, key=when)
+
+
+def original_for(records: list[BackupRecord], current: str | None, *, force: bool) -> BackupRecord | None:
+    """Which recorded original a file with sha256 ``current`` (None: deleted) goes back to.
+
+    The original hime replaced to make what is there now; for a deleted file (or, with ``force``,
+    one edited since) the most recent original. Not the oldest: a photo edited after a restore and
+    enhanced again must come back as the edit (issue #11, D1). None when nothing should be restored.
+    """
+    made = [r for r in records if current is not None and r.replaced_sha256 == current]
+    if made:
+        return _latest(made)
+    if current is None or force:
+        return _latest(records)
+    return None
+
+
 def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> None:
     records = find_backups(key)
     if not records:
         out.missing.append((key, "no backup recorded"))
         return
-    original = records[0]
     current = _sha256_file(key) if key.is_file() else None
-    if current == original.sha256:
+    if current is not None and any(r.sha256 == current for r in records):
         out.unchanged.append(key)
         return
-    ours = {r.replaced_sha256 for r in records if r.replaced_sha256} | {r.sha256 for r in records}
-    if current is not None and current not in ours and not force:
+    original = original_for(records, current, force=force)
+    if original is None:
         out.refused.append((key, "modified since hime replaced it (use --force to overwrite it)"))
         return
     try:
@@ -473,8 +499,12 @@ def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> Non
             os.unlink(tmp)
         raise
     fsync_dir(key.parent)
-    for rec in records:
-        _set_state(key, rec.sha256, "restored")
+    with _manifest() as db:  # nothing hime wrote is there any more; only ``original`` was put back
+        db.execute(
+            "UPDATE backups SET state = 'restored' WHERE original_path = ? AND state IN ('pending', 'replaced')",
+            (str(key),),
+        )
+    _set_state(key, original.sha256, "restored")
     out.restored.append(key)
 
 

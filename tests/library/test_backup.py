@@ -160,6 +160,30 @@ def test_replace_in_place_with_the_real_writer(tmp_path) -> None:
     assert np.asarray(Image.open(photo))[0, 0, 0] == 40
 
 
+def test_restore_brings_back_the_latest_original_not_the_oldest(tmp_path) -> None:
+    """#11 D1: enhance, restore, edit, enhance again, restore: the edit comes back, not the first original."""
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"first original")
+    replace_in_place(photo, write_new(b"first original"))
+    assert restore([photo]).restored == (photo.resolve(),)
+    photo.write_bytes(b"the user's later edit")
+    replace_in_place(photo, write_new(b"the user's later edit"))
+    report = restore([photo])
+    assert report.restored == (photo.resolve(),) and report.ok
+    assert photo.read_bytes() == b"the user's later edit"
+    # deleted after another replacement: the latest original comes back too
+    replace_in_place(photo, write_new(b"the user's later edit"))
+    photo.unlink()
+    assert restore([photo]).restored == (photo.resolve(),)
+    assert photo.read_bytes() == b"the user's later edit"
+    # back to the first content and enhanced again: that one is now the latest
+    photo.write_bytes(b"first original")
+    replace_in_place(photo, write_new(b"first original"))
+    photo.unlink()
+    restore([photo])
+    assert photo.read_bytes() == b"first original"
+
+
 # --------------------------------------------------------------------------- SIGKILL test
 
 WORKER = r"""
