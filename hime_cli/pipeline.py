@@ -27,6 +27,7 @@ Nothing here prints: progress goes to a callback, results come back as frozen da
 
 from __future__ import annotations
 
+import errno
 import functools
 import hashlib
 import html
@@ -174,10 +175,15 @@ class PhotoReport:
 
     @property
     def faces_enhanced(self) -> int:
+        """Faces enhanced in a written photo (none for a failed one: nothing of it was kept)."""
+        if self.status == "failed":
+            return 0
         return sum(1 for f in self.faces if f.enhanced)
 
     @property
     def faces_without_refs(self) -> int:
+        if self.status == "failed":
+            return 0
         return sum(1 for f in self.faces if f.enhanced and not f.refs)
 
 
@@ -302,13 +308,13 @@ def _output_roots(root: Path, options: EnhanceOptions) -> tuple[Path, Path]:
         out_root = root if root.is_dir() else base
         compare = beside(COMPARE_FOLDER)
     elif options.out_dir is not None:
-        out_root = options.out_dir.expanduser().resolve()
+        out_root = _real(options.out_dir.expanduser())
         compare = out_root / COMPARE_FOLDER
     else:
         out_root = beside(OUTPUT_FOLDER)
         compare = beside(COMPARE_FOLDER)
     if options.compare_dir is not None:
-        compare = options.compare_dir.expanduser().resolve()
+        compare = _real(options.compare_dir.expanduser())
     return out_root, compare
 
 
@@ -316,22 +322,25 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
     """Every input photo with its destination, in input order; unusable inputs as failed reports.
 
     Folders mirror their relative paths under the output root. Two inputs mapping to one output
-    are a usage error (say ``--out`` per input root, or pass the folders separately).
+    are a usage error (say ``--out`` per input root, or pass the folders separately); one photo
+    reached twice (a symlink, or a folder and a file in it) is done once, the repeat is skipped.
+    Symlink loops and dangling links are reported as failed photos, under their own names.
     """
     from hime_cli.library.reader import is_image_path
 
     planned: list[PlannedPhoto | PhotoReport] = []
-    seen: dict[Path, Path] = {}
-    excluded = [p.expanduser().resolve() for p in (options.out_dir, options.compare_dir) if p is not None]
+    seen: dict[Path, Path] = {}  # destination → the source (resolved) that writes it
+    first: dict[Path, Path] = {}  # destination → the source as first given
+    excluded = [_real(p.expanduser()) for p in (options.out_dir, options.compare_dir) if p is not None]
     for raw in paths:
         root = Path(raw).expanduser()
         if not os.path.lexists(root):
             raise UsageError(
                 f"no such file or folder: {root}", hint="check the paths given to `hime enhance`."
             )
-        out_root, compare_root = _output_roots(root.resolve(), options)
+        out_root, compare_root = _output_roots(_real(root), options)
         if root.is_dir():
-            sources = [p for p in _list_photos([root]) if not _inside_any(p.resolve(), excluded)]
+            sources = [p for p in _list_photos([root]) if not _inside_any(_real(p), excluded)]
         else:
             sources = [root]
         for source in sources:
@@ -342,20 +351,47 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
             if not root.is_dir() and not is_image_path(source):
                 planned.append(PhotoReport(source, None, "failed", "not a supported image file"))
                 continue
+            broken = _broken_link(source)
+            if broken is not None:
+                planned.append(PhotoReport(source, None, "failed", broken))
+                continue
             dest = source if options.in_place else out_root / relative
-            key = dest.resolve()
-            if key in seen and seen[key] != source.resolve():
+            key, real_source = _real(dest), _real(source)
+            if key in seen and seen[key] != real_source:
                 raise UsageError(
                     f"{seen[key]} and {source} would both be written to {dest}.",
                     hint="enhance them in separate runs or with different --out folders.",
                 )
-            if not options.in_place and key == source.resolve():
+            if not options.in_place and key == real_source:
                 raise UsageError(
                     f"the output {dest} is the input itself.", hint="use --in-place to replace originals."
                 )
-            seen[key] = source.resolve()
+            if key in seen:  # the same photo again (through a symlink, or named twice)
+                planned.append(PhotoReport(source, dest, "skipped", f"the same photo as {first[key]}"))
+                continue
+            seen[key], first[key] = real_source, source
             planned.append(PlannedPhoto(source, dest, relative, compare_root))
     return planned
+
+
+def _real(path: Path) -> Path:
+    """``path`` absolute with symlinks resolved; never raises (``Path.resolve`` does on a loop)."""
+    return Path(os.path.realpath(path))
+
+
+def _broken_link(path: Path) -> str | None:
+    """Why ``path`` is a symlink that leads nowhere (a loop, or a missing target); None otherwise."""
+    if not os.path.islink(path):
+        return None
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symlink loop (the link points back at itself)"
+        if exc.errno == errno.ENOENT:
+            return f"a dangling symlink (its target {os.readlink(path)} does not exist)"
+        return f"cannot follow the symlink: {exc.strerror or exc}"
+    return None
 
 
 def _inside_any(path: Path, folders: Sequence[Path]) -> bool:
@@ -764,6 +800,16 @@ class Enhancer:
             raise UsageError(f"--refs {options.refs_dir} is not a folder.")
         if options.all_faces and options.refs_dir is None:
             raise UsageError("--all-faces only applies with --refs.")
+        for flag, folder in (("--out", options.out_dir), ("--compare-dir", options.compare_dir)):
+            if (
+                folder is not None
+                and os.path.lexists(folder.expanduser())
+                and not folder.expanduser().is_dir()
+            ):
+                raise UsageError(
+                    f"{flag} {folder} exists and is not a folder.",
+                    hint=f"give {flag} a folder (new or existing).",
+                )
         self.options = options
         self._callback = progress
         self._counters = Progress(0, 0, 0, 0)
@@ -1019,8 +1065,9 @@ class Enhancer:
             try:
                 reports[i] = self._finish(pw, settings, ledger)
             except Exception as exc:  # one bad photo never stops the batch
+                reason = failure_reason(exc)
                 reports[i] = PhotoReport(
-                    pw.plan.source, pw.plan.dest, "failed", failure_reason(exc), tuple(pw.reports)
+                    pw.plan.source, pw.plan.dest, "failed", reason, _faces_failed(pw.reports, reason)
                 )
             pw.loaded = None  # type: ignore[assignment]  # free the pixels as soon as the photo is written
             self._emit(photos_done=self._counters.photos_done + 1)
@@ -1185,6 +1232,11 @@ class Enhancer:
 
 TILE = 192  # px per tile in a contact sheet
 _LABEL_H = 18
+
+
+def _faces_failed(faces: Sequence[FaceReport], reason: str) -> tuple[FaceReport, ...]:
+    """The faces of a photo that failed: those that were to be enhanced are not."""
+    return tuple(replace(f, status="failed", reason=reason) if f.enhanced else f for f in faces)
 
 
 def failure_reason(exc: BaseException) -> str:

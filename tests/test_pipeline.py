@@ -7,6 +7,7 @@ quality of the super-resolution (see tests/test_pipeline_data.py for that, on re
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -95,6 +96,49 @@ def test_plan_outputs_rejects_collisions_and_skips_own_output(tmp_path: Path, ph
     assert all("enhanced" not in p.source.parts for p in planned)  # type: ignore[union-attr]
     with pytest.raises(UsageError):
         plan_outputs([tmp_path / "missing"], EnhanceOptions())
+
+
+def test_plan_outputs_reports_links_that_lead_nowhere_and_does_a_photo_once(
+    tmp_path: Path, photos: Path
+) -> None:
+    """#11 D8, D16, D17: a self-referencing symlink no longer aborts the batch (RuntimeError in
+    plan_outputs); loops and dangling links fail under their own names; a photo reached twice
+    through a symlink is done once with --in-place (the repeat was a spurious failure)."""
+    (photos / "loop.jpg").symlink_to(photos / "loop.jpg")
+    (photos / "dangling.jpg").symlink_to(photos / "gone.jpg")
+    (photos / "alias.jpg").symlink_to(photos / "a.jpg")
+    for options in (EnhanceOptions(in_place=True), EnhanceOptions(out_dir=tmp_path / "out")):
+        planned = {p.source.name: p for p in plan_outputs([photos], options)}
+        assert isinstance(planned["a.jpg"], PlannedPhoto)
+        assert planned["loop.jpg"].status == "failed" and "symlink loop" in planned["loop.jpg"].reason
+        dangling = planned["dangling.jpg"]
+        assert dangling.status == "failed" and "dangling symlink" in dangling.reason
+        assert dangling.source == photos / "dangling.jpg"  # its own name, not gone.jpg
+        alias = planned["alias.jpg"]  # another output name with --out; the same file in place
+        assert alias.status == "skipped" if options.in_place else isinstance(alias, PlannedPhoto)
+    planned = plan_outputs([photos, photos / "alias.jpg"], EnhanceOptions(in_place=True))
+    repeats = [p for p in planned if not isinstance(p, PlannedPhoto) and p.status == "skipped"]
+    assert [p.source.name for p in repeats] == ["alias.jpg", "alias.jpg"]
+    assert "same photo as" in repeats[0].reason
+
+
+def test_out_pointing_at_a_file_is_a_usage_error_up_front(tmp_path: Path, photos: Path) -> None:
+    """#11 D16: --out naming an existing file fails once, before any work, not photo by photo."""
+    (tmp_path / "taken.jpg").write_bytes(b"a file, not a folder")
+    with pytest.raises(UsageError, match="not a folder"):
+        enhance([photos], EnhanceOptions(out_dir=tmp_path / "taken.jpg", device="cpu"))
+
+
+def test_failed_photo_counts_no_enhanced_faces() -> None:
+    """#11 D15: faces_enhanced counted the faces of photos that failed."""
+    from hime_cli.pipeline import EnhanceReport, FaceReport, PhotoReport
+
+    face = FaceReport((0.0, 0.0, 10.0, 10.0), 10.0, 0.99, "enhanced", lr_size=32)
+    failed = PhotoReport(Path("x.jpg"), Path("out/x.jpg"), "failed", "disk full", (face,))
+    done = PhotoReport(Path("y.jpg"), Path("out/y.jpg"), "done", None, (face,))
+    report = EnhanceReport((failed, done), 4, 96.0, None, None, 0.0)
+    assert failed.faces_enhanced == 0 and report.faces_enhanced == 1
+    assert report.to_json()["summary"]["faces_enhanced"] == 1
 
 
 def test_bad_option_combinations() -> None:
@@ -234,6 +278,32 @@ def test_in_place_keeps_a_backup_and_reruns_start_from_the_original(
     assert again.count("done") == 1 and Image.open(target).size == (512, 512)
     restore([target])
     assert target.read_bytes() == original
+
+
+@pytest.mark.slow
+def test_in_place_batch_survives_fifo_loop_and_alias(assets: Path, photos: Path) -> None:
+    """#11 D2, D8, D16 end to end: a FIFO named pipe.jpg does not hang the run, a symlink loop
+    does not abort it, a photo reached through a symlink is done once: one photo done, no hang."""
+    import threading
+
+    os.mkfifo(photos / "pipe.jpg")
+    (photos / "loop.jpg").symlink_to(photos / "loop.jpg")
+    (photos / "alias.jpg").symlink_to(photos / "a.jpg")
+    (photos / "sub" / "b.png").unlink()
+    box: dict[str, object] = {}
+    opts = _options(assets, in_place=True, refs_dir=assets / "refs")
+    thread = threading.Thread(target=lambda: box.update(report=enhance([photos], opts)), daemon=True)
+    thread.start()
+    thread.join(120)
+    if thread.is_alive():
+        os.close(os.open(photos / "pipe.jpg", os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("enhance blocked on a FIFO")
+    report = box["report"]
+    statuses = {p.source.name: p.status for p in report.photos}
+    assert statuses == {"a.jpg": "done", "alias.jpg": "skipped", "loop.jpg": "failed", "pipe.jpg": "failed"}
+    reasons = {p.source.name: p.reason for p in report.photos}
+    assert "named pipe" in reasons["pipe.jpg"] and "symlink loop" in reasons["loop.jpg"]
+    assert report.faces_enhanced == 1 and Image.open(photos / "a.jpg").size == (512, 512)
 
 
 def test_compare_only_writes_sheets(assets: Path, photos: Path, tmp_path: Path) -> None:

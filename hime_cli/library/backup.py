@@ -151,7 +151,7 @@ def _sha256_file(path: Path) -> str:
 
 def _key(path: str | os.PathLike[str]) -> Path:
     """Manifest key: the absolute path with symlinks resolved (replacing a link would break it)."""
-    return Path(path).expanduser().resolve()
+    return Path(os.path.realpath(Path(path).expanduser()))  # Path.resolve raises on a symlink loop
 
 
 def _record(row: sqlite3.Row | tuple, *, already: bool = False) -> BackupRecord:

@@ -23,6 +23,7 @@ Pillow's JPEG reader and writer use).
 
 from __future__ import annotations
 
+import errno
 import io
 import logging
 import os
@@ -183,11 +184,22 @@ class DecodedImage:
 
 
 def read_file(path: str | os.PathLike[str]) -> bytes:
-    """The bytes of a photo file, with I/O problems turned into :class:`ImageReadError`."""
+    """The bytes of a photo file, with I/O problems turned into :class:`ImageReadError`.
+
+    Opened non-blocking and checked to be a regular file before reading: a FIFO named
+    ``pipe.jpg`` (or a device) is refused at once instead of blocking a scan forever.
+    """
+    flags = (
+        os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    )
     try:
-        with open(path, "rb") as f:
-            if not stat.S_ISREG(os.fstat(f.fileno()).st_mode):
-                raise ImageReadError("not a regular file.")
+        fd = os.open(path, flags)
+        with open(fd, "rb", closefd=True) as f:
+            mode = os.fstat(f.fileno()).st_mode
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(path)
+            if not stat.S_ISREG(mode):
+                raise ImageReadError(f"not a regular file ({_file_kind(mode)}).")
             return f.read()
     except PermissionError:
         raise ImageReadError("permission denied.", hint="make the file readable (chmod +r).") from None
@@ -196,7 +208,27 @@ def read_file(path: str | os.PathLike[str]) -> bytes:
     except IsADirectoryError:
         raise ImageReadError("is a folder, not a file.") from None
     except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise ImageReadError("a symlink loop (the link points back at itself).") from None
         raise ImageReadError(f"cannot read the file: {exc.strerror or exc}.") from None
+
+
+def _file_kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a named pipe"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    return "not a plain file"
+
+
+def is_regular_file(path: str | os.PathLike[str]) -> bool:
+    """True for a regular file (symlinks followed); False for FIFOs, devices, folders, loops, missing."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def load_image(
@@ -443,6 +475,8 @@ class PhotoMetadata:
 
 def read_metadata(path: str | os.PathLike[str]) -> PhotoMetadata:
     """EXIF metadata of a photo file: exifread first, Pillow where exifread finds nothing (e.g. HEIC)."""
+    if not is_regular_file(path):  # opening a FIFO would block
+        return PhotoMetadata()
     try:
         import exifread
 

@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import builtins
 import os
 from pathlib import Path
 
@@ -237,18 +236,62 @@ def test_unreadable_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Non
     path = tmp_path / "locked.png"
     Image.fromarray(asymmetric_rgb()).save(path)
     if os.geteuid() == 0:  # root reads anything: simulate the permission error
-        real_open = builtins.open
+        real_open = os.open
 
         def fake_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
             if os.fspath(file) == os.fspath(path):
                 raise PermissionError(13, "Permission denied", os.fspath(path))
             return real_open(file, *args, **kwargs)
 
-        monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_open)
     else:
         path.chmod(0)
     with pytest.raises(ImageReadError, match="permission denied"):
         load_image(path)
+
+
+def _returns_within(fn, seconds: float = 10.0):
+    """Run ``fn`` in a thread; fail (instead of hanging the suite) when it blocks."""
+    import threading
+
+    box: dict[str, object] = {}
+
+    def target() -> None:
+        try:
+            box["value"] = fn()
+        except BaseException as exc:  # noqa: BLE001 - handed back to the test
+            box["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    return thread.is_alive(), box
+
+
+def test_fifo_is_refused_without_blocking(tmp_path: Path) -> None:
+    """#11 D2: a FIFO named like a photo must not hang a scan or an enhance run."""
+    fifo = tmp_path / "pipe.jpg"
+    os.mkfifo(fifo)
+    hung, box = _returns_within(lambda: load_image(fifo))
+    if hung:  # unblock the reader so the thread ends, then fail
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO blocked")
+    assert isinstance(box.get("error"), ImageReadError)
+    assert "named pipe" in str(box["error"])
+    hung, box = _returns_within(lambda: read_metadata(fifo))
+    if hung:
+        os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+        pytest.fail("reading a FIFO's metadata blocked")
+    assert box.get("value") is not None
+
+
+def test_symlink_loop_and_folder_are_clear_read_errors(tmp_path: Path) -> None:
+    loop = tmp_path / "self.jpg"
+    loop.symlink_to(loop)
+    with pytest.raises(ImageReadError, match="symlink loop"):
+        load_image(loop)
+    with pytest.raises(ImageReadError, match="folder"):
+        load_image(tmp_path)
 
 
 def test_iter_photos_walks_recursively_without_loops(tmp_path: Path) -> None:
