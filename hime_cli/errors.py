@@ -53,3 +53,11 @@ class IntegrityError(ModelError):
 
 class DependencyError(HimeError):
     """An optional dependency or downloadable resource is unavailable (e.g. offline)."""
+
+
+class StoreDamagedError(HimeError):
+    """One of hime's own databases (index, backup manifest, enhance ledger) is corrupt or truncated."""
+
+    def __init__(self, message: str, hint: str | None = None, *, path: object = None) -> None:
+        super().__init__(message, hint)
+        self.path = path

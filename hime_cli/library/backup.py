@@ -18,18 +18,24 @@ A re-run recognises photos already replaced (their sha256 is the recorded replac
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import errno
+import fcntl
 import hashlib
+import json
 import logging
 import os
 import shutil
 import sqlite3
 import stat
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hime_cli.errors import HimeError, ImageWriteError
+from hime_cli.errors import HimeError, ImageWriteError, StoreDamagedError
+from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, translate
 from hime_cli.library.writer import (
     TEMP_MARKER,
     cleanup_stale_temps,
@@ -56,26 +62,48 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS backups (
-    id INTEGER PRIMARY KEY,
-    original_path TEXT NOT NULL,
-    sha256 TEXT NOT NULL,
-    size_bytes INTEGER NOT NULL,
-    mode INTEGER NOT NULL,
-    mtime_ns INTEGER NOT NULL,
-    created_at REAL NOT NULL,
-    replaced_sha256 TEXT,
-    state TEXT NOT NULL,
-    restored_at REAL,
-    UNIQUE (original_path, sha256)
-);
-CREATE INDEX IF NOT EXISTS backups_by_path ON backups (original_path);
-"""
+MANIFEST_NAME = "manifest.sqlite3"
+LOCK_TIMEOUT_S = 60.0  # how long a write waits for another hime process's backup-store lock
+
+# Numbered migrations of the manifest (like the index's). Version 1 is the table every manifest
+# had before versions were recorded (IF NOT EXISTS adopts such a manifest as version 1).
+MANIFEST_MIGRATIONS: tuple[StoreMigration, ...] = (
+    StoreMigration(
+        1,
+        "one row per (original path, original sha256)",
+        (
+            """CREATE TABLE IF NOT EXISTS backups (
+                id INTEGER PRIMARY KEY,
+                original_path TEXT NOT NULL,
+                sha256 TEXT NOT NULL,
+                size_bytes INTEGER NOT NULL,
+                mode INTEGER NOT NULL,
+                mtime_ns INTEGER NOT NULL,
+                created_at REAL NOT NULL,
+                replaced_sha256 TEXT,
+                state TEXT NOT NULL,
+                restored_at REAL,
+                UNIQUE (original_path, sha256)
+            )""",
+            "CREATE INDEX IF NOT EXISTS backups_by_path ON backups (original_path)",
+        ),
+    ),
+)
+_REPAIR_HINT = (
+    "the backups stay restorable from the records kept next to them; "
+    "`hime doctor --repair` rebuilds the manifest (the damaged file is kept aside)"
+)
+_COLUMNS = (
+    "id, original_path, sha256, size_bytes, mode, mtime_ns, created_at, replaced_sha256, state, restored_at"
+)
 
 
 class BackupError(ImageWriteError):
     """A backup could not be made or verified, so the original was not touched."""
+
+
+class BackupLockedError(BackupError):
+    """Another hime process holds the backup store's lock."""
 
 
 @dataclass(frozen=True)
@@ -127,18 +155,186 @@ def _object_path(sha: str) -> Path:
     return _backups_dir() / "objects" / sha[:2] / sha
 
 
+def manifest_path() -> Path:
+    return _backups_dir() / MANIFEST_NAME
+
+
+_held = threading.local()
+
+
 @contextlib.contextmanager
-def _manifest() -> Iterator[sqlite3.Connection]:
+def store_lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
+    """Exclusive lock on the backup store (``fcntl.flock``; re-entrant within a thread).
+
+    Every change of a photo in place and every restore holds it, so two hime processes never
+    interleave the check → backup → record → replace steps of one photo (issue #11, D4). The
+    kernel drops it when a process dies, so a killed run leaves no stale lock.
+    """
+    if getattr(_held, "depth", 0):
+        _held.depth += 1
+        try:
+            yield
+        finally:
+            _held.depth -= 1
+        return
     folder = _backups_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    conn = sqlite3.connect(folder / "manifest.sqlite3", timeout=30.0, isolation_level=None)
+    fd = os.open(folder / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    raise BackupLockedError(
+                        f"the backup store {folder} is in use by another hime process.",
+                        hint="wait for the other `hime enhance --in-place` or `hime restore` to finish.",
+                    ) from None
+                time.sleep(0.05)
+        _held.depth = 1
+        try:
+            yield
+        finally:
+            _held.depth = 0
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _manifest_is_blank_but_records_exist(path: Path) -> bool:
+    """A manifest truncated to 0 bytes opens as an empty database: damaged, if records exist."""
+    try:
+        if path.stat().st_size != 0:
+            return False
+    except OSError:
+        return False
+    return next(_sidecar_files(), None) is not None
+
+
+@contextlib.contextmanager
+def _manifest(*, create: bool = True) -> Iterator[sqlite3.Connection]:
+    """The manifest, migrated; sqlite3 errors come out as one HimeError (damage: StoreDamagedError)."""
+    folder = _backups_dir()
+    path = folder / MANIFEST_NAME
+    if _manifest_is_blank_but_records_exist(path):
+        raise StoreDamagedError(
+            f"the backup manifest {path} is empty (truncated) although backups exist.",
+            hint=_REPAIR_HINT,
+            path=path,
+        )
+    conn: sqlite3.Connection | None = None
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        conn = sqlite3.connect(path, timeout=30.0, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=FULL")
-        conn.executescript(_SCHEMA)
+        if create:
+            apply_migrations(conn, MANIFEST_MIGRATIONS, "backup manifest")
         yield conn
+    except sqlite3.Error as exc:
+        raise translate(exc, path, "backup manifest", repair_hint=_REPAIR_HINT) from exc
+    except OSError as exc:
+        hint = "free some disk space" if exc.errno == errno.ENOSPC else f"check that {folder} is writable"
+        raise BackupError(
+            f"cannot open the backup manifest {path}: {exc.strerror or exc}", hint=hint
+        ) from exc
     finally:
-        conn.close()
+        if conn is not None:
+            conn.close()
+
+
+# ------------------------------------------------------------------------------- sidecar records
+# Each manifest row is also written as a small JSON file next to its object, so the backups stay
+# restorable when the manifest is damaged or lost (and `hime doctor --repair` can rebuild it).
+
+
+def _sidecar_path(key: Path, sha: str) -> Path:
+    tag = hashlib.sha256(os.fsencode(key)).hexdigest()[:16]
+    return _object_path(sha).with_name(f"{sha}.{tag}.json")
+
+
+def _sidecar_files(pattern: str = "*.json") -> Iterator[Path]:
+    objects = _backups_dir() / "objects"
+    if objects.is_dir():
+        yield from objects.glob(f"*/{pattern}")
+
+
+def _write_sidecar(rec: BackupRecord) -> None:
+    payload = {
+        "original_path": os.fspath(rec.original_path),
+        "sha256": rec.sha256,
+        "size_bytes": rec.size_bytes,
+        "mode": rec.mode,
+        "mtime_ns": rec.mtime_ns,
+        "created_at": rec.created_at,
+        "replaced_sha256": rec.replaced_sha256,
+        "state": rec.state,
+        "restored_at": rec.restored_at,
+    }
+    dest = _sidecar_path(rec.original_path, rec.sha256)
+    tmp = temp_path_for(dest)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        with open(tmp, "x", encoding="ascii") as fh:  # ensure_ascii: undecodable names round-trip
+            json.dump(payload, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, dest)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        hint = (
+            "free some disk space" if exc.errno == errno.ENOSPC else f"check that {dest.parent} is writable"
+        )
+        raise BackupError(
+            f"cannot record the backup of {rec.original_path}: {exc.strerror or exc}", hint=hint
+        ) from exc
+    fsync_dir(dest.parent)
+
+
+def _read_sidecar(path: Path) -> BackupRecord | None:
+    try:
+        data = json.loads(path.read_text(encoding="ascii"))
+        return BackupRecord(
+            original_path=Path(data["original_path"]),
+            backup_path=_object_path(data["sha256"]),
+            sha256=str(data["sha256"]),
+            size_bytes=int(data["size_bytes"]),
+            mode=int(data["mode"]),
+            mtime_ns=int(data["mtime_ns"]),
+            created_at=float(data["created_at"]),
+            state=str(data["state"]),
+            replaced_sha256=data.get("replaced_sha256"),
+            restored_at=data.get("restored_at"),
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        logger.warning("unreadable backup record %s: %s", path, exc)
+        return None
+
+
+def sidecar_records(path: str | os.PathLike[str] | None = None) -> list[BackupRecord]:
+    """The records kept next to the objects (for one path, or all), oldest first."""
+    if path is None:
+        files = list(_sidecar_files())
+    else:
+        key = _key(path)
+        files = list(_sidecar_files(f"*.{hashlib.sha256(os.fsencode(key)).hexdigest()[:16]}.json"))
+    records = [r for r in map(_read_sidecar, files) if r is not None]
+    if path is not None:
+        records = [r for r in records if r.original_path == _key(path)]
+    return sorted(records, key=lambda r: (r.created_at, os.fspath(r.original_path)))
+
+
+def _save(key: Path, sha: str, *, already: bool = False) -> BackupRecord:
+    """Read a row back from the manifest and mirror it into its sidecar record."""
+    with _manifest() as db:
+        row = db.execute(
+            f"SELECT {_COLUMNS} FROM backups WHERE original_path = ? AND sha256 = ?", (str(key), sha)
+        ).fetchone()
+    rec = _record(row, already=already)
+    _write_sidecar(rec)
+    return rec
 
 
 def _sha256_file(path: Path) -> str:
@@ -240,38 +436,51 @@ def backup_original(path: str | os.PathLike[str]) -> BackupRecord:
     """Copy ``path`` into the backup store, verify the copy by re-hashing it, record it.
 
     Idempotent: backing up the same content of the same path again returns the existing record.
-    Raises :class:`BackupError` (nothing touched) when the copy cannot be made or verified.
+    Raises :class:`BackupError` (nothing touched) when the copy cannot be made or verified, and
+    :class:`StoreDamagedError` when the manifest is damaged (nothing is replaced then).
     """
     key = _key(path)
     if not key.is_file():
-        raise BackupError(f"cannot back up {key}: not a file")
-    sha, size, st = _store_object(key)
-    _verify_object(sha, size)
-    with _manifest() as db:
-        db.execute("BEGIN IMMEDIATE")
-        db.execute(
-            "INSERT OR IGNORE INTO backups (original_path, sha256, size_bytes, mode, mtime_ns, created_at, state)"
-            " VALUES (?, ?, ?, ?, ?, ?, 'backed_up')",
-            (str(key), sha, size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, time.time()),
-        )
-        row = db.execute(
-            "SELECT * FROM backups WHERE original_path = ? AND sha256 = ?", (str(key), sha)
-        ).fetchone()
-        db.execute("COMMIT")
-    return _record(row)
+        raise BackupError(f"cannot back up {path}: not a file")
+    with store_lock():
+        sha, size, st = _store_object(key)
+        _verify_object(sha, size)
+        with _manifest() as db:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute(
+                "INSERT OR IGNORE INTO backups (original_path, sha256, size_bytes, mode, mtime_ns, created_at, state)"
+                " VALUES (?, ?, ?, ?, ?, ?, 'backed_up')",
+                (str(key), sha, size, stat.S_IMODE(st.st_mode), st.st_mtime_ns, time.time()),
+            )
+            db.execute("COMMIT")
+        return _save(key, sha)
+
+
+_warned_damaged: set[Path] = set()
+
+
+def _fall_back(exc: StoreDamagedError) -> None:
+    path = manifest_path()
+    if path not in _warned_damaged:
+        _warned_damaged.add(path)
+        logger.warning("%s Using the records kept next to the backups.", exc.message)
 
 
 def find_backups(path: str | os.PathLike[str]) -> list[BackupRecord]:
-    """Every backup recorded for ``path``, oldest first."""
-    with _manifest() as db:
-        rows = db.execute(
-            "SELECT * FROM backups WHERE original_path = ? ORDER BY id", (str(_key(path)),)
-        ).fetchall()
+    """Every backup recorded for ``path``, oldest first (from the sidecar records if the manifest is damaged)."""
+    try:
+        with _manifest() as db:
+            rows = db.execute(
+                f"SELECT {_COLUMNS} FROM backups WHERE original_path = ? ORDER BY id", (str(_key(path)),)
+            ).fetchall()
+    except StoreDamagedError as exc:
+        _fall_back(exc)
+        return sidecar_records(path)
     return [_record(r) for r in rows]
 
 
 def _has_manifest() -> bool:
-    return (_backups_dir() / "manifest.sqlite3").is_file()
+    return manifest_path().is_file() or next(_sidecar_files(), None) is not None
 
 
 def replaced_paths() -> frozenset[Path]:
@@ -281,10 +490,14 @@ def replaced_paths() -> frozenset[Path]:
     """
     if not _has_manifest():
         return frozenset()
-    with _manifest() as db:
-        rows = db.execute(
-            "SELECT DISTINCT original_path FROM backups WHERE state IN ('pending', 'replaced')"
-        ).fetchall()
+    try:
+        with _manifest() as db:
+            rows = db.execute(
+                "SELECT DISTINCT original_path FROM backups WHERE state IN ('pending', 'replaced')"
+            ).fetchall()
+    except StoreDamagedError as exc:
+        _fall_back(exc)
+        return frozenset(r.original_path for r in sidecar_records() if r.state in ("pending", "replaced"))
     return frozenset(Path(r[0]) for r in rows)
 
 
@@ -299,32 +512,53 @@ def original_bytes(
     :class:`BackupError` when the original's backup is missing or damaged. One indexed manifest
     query per call (none without a backup store), and the data is hashed only for a replaced path.
     """
+    found = _original_record(path, data, sha256)
+    if found is None:
+        return None
+    return _read_object(found.sha256, found.size_bytes), found.sha256
+
+
+def _original_record(
+    path: str | os.PathLike[str], data: bytes, sha256: str | None = None
+) -> BackupRecord | None:
     if not _has_manifest():
         return None
     records = [r for r in find_backups(path) if r.state in ("pending", "replaced")]
     if not records:
         return None
     current = sha256 or hashlib.sha256(data).hexdigest()
-    for rec in records:
-        if rec.replaced_sha256 == current:
-            return _read_object(rec.sha256, rec.size_bytes), rec.sha256
-    return None
+    made = [r for r in records if r.replaced_sha256 == current]
+    return _latest(made) if made else None
 
 
 def load_original(path: str | os.PathLike[str]) -> LoadedImage:
     """:func:`~hime_cli.library.reader.load_image`, but a photo hime replaced in place loads as its original."""
+    return load_original_with_bytes(path)[0]
+
+
+def load_original_with_bytes(path: str | os.PathLike[str]) -> tuple[LoadedImage, bytes]:
+    """:func:`load_original` and the bytes it decoded (the original's, for a photo hime replaced).
+
+    The writer reads the encoder settings (JPEG tables, DPI, comments) from these bytes, not from
+    the file on disk: that may be the enhanced version, whose DPI was already scaled (issue #11, D11).
+    """
     from hime_cli.library.reader import load_image, read_file
 
     data = read_file(path)
     found = original_bytes(path, data)
-    return load_image(path, data=data if found is None else found[0])
+    source = data if found is None else found[0]
+    return load_image(path, data=source), source
 
 
 def list_backups(under: str | os.PathLike[str] | None = None) -> list[BackupRecord]:
     """Every backup recorded (under a folder, if given), by path then age."""
-    with _manifest() as db:
-        rows = db.execute("SELECT * FROM backups ORDER BY original_path, id").fetchall()
-    records = [_record(r) for r in rows]
+    try:
+        with _manifest() as db:
+            rows = db.execute(f"SELECT {_COLUMNS} FROM backups ORDER BY original_path, id").fetchall()
+        records = [_record(r) for r in rows]
+    except StoreDamagedError as exc:
+        _fall_back(exc)
+        records = sorted(sidecar_records(), key=lambda r: os.fspath(r.original_path))
     if under is not None:
         root = _key(under)
         records = [r for r in records if r.original_path == root or root in r.original_path.parents]
@@ -339,64 +573,94 @@ def replace_in_place(path: str | os.PathLike[str], write_fn: Callable[[Path], No
     write → fsync → record the new sha256 → atomic ``os.replace`` → fsync folder → mark replaced.
     The photo's permission bits are kept. If the photo changed on disk while the new version was
     being made, nothing is replaced (:class:`ImageWriteError`). A photo that is already the
-    recorded replacement is left alone (``already_replaced=True``).
+    recorded replacement is left alone (``already_replaced=True``). The whole sequence holds the
+    backup store's lock: a second process waits, then sees what the first one did.
     """
     key = _key(path)
     if not key.is_file():
-        raise ImageWriteError(f"cannot replace {key}: not a file")
-    before = key.stat()
-    current = _sha256_file(key)
-    for rec in find_backups(key):
-        if rec.replaced_sha256 == current and rec.state in ("pending", "replaced"):
-            if rec.state == "pending":  # killed between os.replace and the final manifest update
-                _set_state(key, rec.sha256, "replaced")
+        raise ImageWriteError(f"cannot replace {path}: not a file")
+    with store_lock():
+        before = key.stat()
+        current = _sha256_file(key)
+        made = [
+            r
+            for r in find_backups(key)
+            if r.replaced_sha256 == current and r.state in ("pending", "replaced")
+        ]
+        if made:
+            rec = _latest(made)
             _verify_object(rec.sha256, rec.size_bytes)
-            return _record_for(key, rec.sha256, already=True)
+            if rec.state == "pending":  # killed between os.replace and the final manifest update
+                return dataclasses.replace(_update(key, rec.sha256, state="replaced"), already_replaced=True)
+            return dataclasses.replace(rec, already_replaced=True)
 
-    record = backup_original(key)
-    if record.sha256 != current:
-        raise ImageWriteError(f"{key} changed while it was being backed up; nothing replaced", hint="retry")
-    cleanup_stale_temps(key.parent, key.name)
-    tmp = temp_path_for(key)
-    try:
-        write_fn(tmp)
-        if not tmp.is_file() or tmp.stat().st_size == 0:
-            raise ImageWriteError(f"the new version of {key.name} was not written; original kept")
-        with open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
-        os.chmod(tmp, record.mode)
-        new_sha = _sha256_file(tmp)
-        with _manifest() as db:
-            db.execute(
-                "UPDATE backups SET replaced_sha256 = ?, state = 'pending' WHERE original_path = ? AND sha256 = ?",
-                (new_sha, str(key), record.sha256),
+        record = backup_original(key)
+        if record.sha256 != current:
+            raise ImageWriteError(
+                f"{path} changed while it was being backed up; nothing replaced", hint="retry"
             )
-        st = key.stat()
-        if (st.st_size, st.st_mtime_ns, st.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
-            raise ImageWriteError(f"{key} was modified while being enhanced; original kept", hint="retry")
-        os.replace(tmp, key)
-    except BaseException as exc:
-        discard_temp_and_reraise(tmp, exc, f"cannot replace {key}")
-    fsync_dir(key.parent)
-    _set_state(key, record.sha256, "replaced")
-    return _record_for(key, record.sha256)
+        cleanup_stale_temps(key.parent, key.name)
+        tmp = temp_path_for(key)
+        try:
+            write_fn(tmp)
+            if not tmp.is_file() or tmp.stat().st_size == 0:
+                raise ImageWriteError(f"the new version of {key.name} was not written; original kept")
+            with open(tmp, "rb+") as fh:
+                os.fsync(fh.fileno())
+            os.chmod(tmp, record.mode)
+            new_sha = _sha256_file(tmp)
+            _update(key, record.sha256, state="pending", replaced_sha256=new_sha)
+            st = key.stat()
+            if (st.st_size, st.st_mtime_ns, st.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
+                raise ImageWriteError(
+                    f"{path} was modified while being enhanced; original kept", hint="retry"
+                )
+            os.replace(tmp, key)
+        except BaseException as exc:
+            discard_temp_and_reraise(tmp, exc, f"cannot replace {path}")
+        fsync_dir(key.parent)
+        return _update(key, record.sha256, state="replaced")
 
 
-def _set_state(key: Path, sha: str, state: str) -> None:
-    with _manifest() as db:
-        db.execute(
-            "UPDATE backups SET state = ?, restored_at = CASE WHEN ? = 'restored' THEN ? ELSE restored_at END"
-            " WHERE original_path = ? AND sha256 = ?",
-            (state, state, time.time(), str(key), sha),
-        )
+_UNSET = object()
 
 
-def _record_for(key: Path, sha: str, *, already: bool = False) -> BackupRecord:
-    with _manifest() as db:
-        row = db.execute(
-            "SELECT * FROM backups WHERE original_path = ? AND sha256 = ?", (str(key), sha)
-        ).fetchone()
-    return _record(row, already=already)
+def _update(
+    key: Path, sha: str, *, state: str, replaced_sha256: object = _UNSET, restored: bool = False,
+    allow_damaged: bool = False,
+) -> BackupRecord:  # fmt: skip
+    """Change one record (manifest, then its sidecar). ``allow_damaged``: with a damaged manifest,
+    change the sidecar alone (restore keeps working; nothing new is replaced then)."""
+    now = time.time()
+    try:
+        with _manifest() as db:
+            sets, args = ["state = ?"], [state]
+            if replaced_sha256 is not _UNSET:
+                sets.append("replaced_sha256 = ?")
+                args.append(replaced_sha256)
+            if restored:
+                sets.append("restored_at = ?")
+                args.append(now)
+            db.execute(
+                f"UPDATE backups SET {', '.join(sets)} WHERE original_path = ? AND sha256 = ?",
+                (*args, str(key), sha),
+            )
+        return _save(key, sha)
+    except StoreDamagedError as exc:
+        if not allow_damaged:
+            raise
+        _fall_back(exc)
+    old = next((r for r in sidecar_records(key) if r.sha256 == sha), None)
+    if old is None:
+        raise BackupError(f"no record of the backup {sha[:12]}… of {key}")
+    changes: dict[str, object] = {"state": state}
+    if replaced_sha256 is not _UNSET:
+        changes["replaced_sha256"] = replaced_sha256
+    if restored:
+        changes["restored_at"] = now
+    rec = dataclasses.replace(old, **changes)  # type: ignore[arg-type]
+    _write_sidecar(rec)
+    return rec
 
 
 def restore(
@@ -421,7 +685,8 @@ def restore(
             targets.append(key)
     for key in dict.fromkeys(targets):
         try:
-            _restore_one(key, out, force=force, dry_run=dry_run)
+            with store_lock():
+                _restore_one(key, out, force=force, dry_run=dry_run)
         except HimeError as exc:
             out.failed.append((key, exc.message))
         except OSError as exc:
@@ -499,12 +764,11 @@ def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> Non
             os.unlink(tmp)
         raise
     fsync_dir(key.parent)
-    with _manifest() as db:  # nothing hime wrote is there any more; only ``original`` was put back
-        db.execute(
-            "UPDATE backups SET state = 'restored' WHERE original_path = ? AND state IN ('pending', 'replaced')",
-            (str(key),),
-        )
-    _set_state(key, original.sha256, "restored")
+    for rec in records:  # nothing hime wrote is there any more; only ``original`` was put back
+        if rec.sha256 == original.sha256:
+            _update(key, rec.sha256, state="restored", restored=True, allow_damaged=True)
+        elif rec.state in ("pending", "replaced"):
+            _update(key, rec.sha256, state="restored", allow_damaged=True)
     out.restored.append(key)
 
 

@@ -184,6 +184,91 @@ def test_restore_brings_back_the_latest_original_not_the_oldest(tmp_path) -> Non
     assert photo.read_bytes() == b"first original"
 
 
+@pytest.mark.parametrize("damage", ["garbage", "truncated", "empty"])
+def test_damaged_manifest_keeps_backups_restorable(tmp_path, damage: str) -> None:
+    """#11 D7: a corrupt or truncated manifest is one clear error, and the backups stay
+    restorable from the sidecar records next to the objects."""
+    from hime_cli.errors import StoreDamagedError
+
+    photo, other = tmp_path / "p.jpg", tmp_path / "q.jpg"
+    photo.write_bytes(b"original bytes")
+    other.write_bytes(b"another photo")
+    replace_in_place(photo, write_new(b"original bytes"))
+    manifest = backup.manifest_path()
+    for suffix in ("-wal", "-shm"):
+        Path(str(manifest) + suffix).unlink(missing_ok=True)
+    if damage == "garbage":
+        manifest.write_bytes(b"this is not an sqlite database at all" * 200)
+    elif damage == "truncated":
+        manifest.write_bytes(manifest.read_bytes()[:1500])
+    else:
+        manifest.write_bytes(b"")
+    (rec,) = find_backups(photo)
+    assert rec.state == "replaced" and rec.replaced_sha256 == sha(new_version(b"original bytes"))
+    assert [r.original_path for r in backup.list_backups(tmp_path)] == [photo.resolve()]
+    assert backup.replaced_paths() == {photo.resolve()}
+    with pytest.raises(StoreDamagedError, match="manifest") as info:
+        replace_in_place(other, write_new(b"another photo"))
+    assert "doctor" in (info.value.hint or "")
+    assert other.read_bytes() == b"another photo"  # nothing replaced without a manifest
+    report = restore([tmp_path])
+    assert report.restored == (photo.resolve(),) and photo.read_bytes() == b"original bytes"
+    assert restore([photo]).unchanged == (photo.resolve(),)
+
+
+def test_manifest_has_numbered_migrations_and_adopts_an_old_one(tmp_path) -> None:
+    from hime_cli.library.sqlite_store import current_version
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"original bytes")
+    backup.manifest_path().parent.mkdir(parents=True)
+    old = sqlite3.connect(backup.manifest_path())  # a manifest as hime wrote it before versions
+    old.executescript(backup.MANIFEST_MIGRATIONS[0].statements[0])
+    old.close()
+    replace_in_place(photo, write_new(b"original bytes"))
+    db = sqlite3.connect(backup.manifest_path())
+    try:
+        assert current_version(db) == backup.MANIFEST_MIGRATIONS[-1].version
+    finally:
+        db.close()
+
+
+def test_two_concurrent_replacements_of_one_photo_are_serialised(tmp_path) -> None:
+    """#11 D4: two in-place runs at once recorded the other run's hash; restore then refused."""
+    import threading
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"original bytes")
+    entered, go = threading.Event(), threading.Event()
+    results: dict[str, object] = {}
+
+    def slow_write(tmp: Path) -> None:
+        entered.set()
+        go.wait(10)
+        tmp.write_bytes(b"version of the first run")
+
+    def run(name: str, write) -> None:
+        try:
+            results[name] = replace_in_place(photo, write)
+        except Exception as exc:  # noqa: BLE001 - checked below
+            results[name] = exc
+
+    first = threading.Thread(target=run, args=("first", slow_write))
+    first.start()
+    assert entered.wait(10)
+    second = threading.Thread(target=run, args=("second", lambda tmp: tmp.write_bytes(b"second run")))
+    second.start()
+    time.sleep(0.3)  # the second run reaches the backup store while the first is writing
+    go.set()
+    first.join(20)
+    second.join(20)
+    assert photo.read_bytes() == b"version of the first run"
+    assert results["second"].already_replaced  # it saw what the first did, and wrote nothing
+    (rec,) = find_backups(photo)
+    assert rec.replaced_sha256 == sha(b"version of the first run")
+    assert restore([photo]).ok and photo.read_bytes() == b"original bytes"
+
+
 # --------------------------------------------------------------------------- SIGKILL test
 
 WORKER = r"""
