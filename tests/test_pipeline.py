@@ -141,6 +141,46 @@ def test_failed_photo_counts_no_enhanced_faces() -> None:
     assert report.to_json()["summary"]["faces_enhanced"] == 1
 
 
+def test_damaged_ledger_is_moved_aside_and_the_run_goes_on(tmp_path: Path) -> None:
+    """#11 D7: a corrupt enhance ledger gave a raw sqlite3 traceback."""
+    from hime_cli.pipeline import EnhanceLedger
+
+    path = tmp_path / "ledger.sqlite3"
+    path.write_bytes(b"definitely not sqlite " * 300)
+    ledger = EnhanceLedger(path)
+    try:
+        ledger.expect(tmp_path / "out.jpg", "settings", "a" * 64, "b" * 64)
+        assert not ledger.is_done(tmp_path / "in.jpg", tmp_path / "out.jpg", "settings", False)
+    finally:
+        ledger.close()
+    (aside,) = tmp_path.glob("ledger.sqlite3.damaged-*")
+    assert aside.read_bytes().startswith(b"definitely not sqlite")
+
+
+def test_ledger_migrates_to_one_record_of_what_hime_wrote(tmp_path: Path) -> None:
+    """Ledger v1 → v2: in-place rows drop their own output hash (the backup manifest has it)."""
+    import sqlite3
+
+    from hime_cli.library.sqlite_store import current_version
+    from hime_cli.pipeline import LEDGER_MIGRATIONS, EnhanceLedger
+
+    path = tmp_path / "ledger.sqlite3"
+    old = sqlite3.connect(path)
+    old.execute(LEDGER_MIGRATIONS[0].statements[0])
+    old.execute("INSERT INTO outputs VALUES (?, 's', NULL, 'x', 1, 2, NULL)", (b"/in/place.jpg",))
+    old.execute("INSERT INTO outputs VALUES (?, 's', 'src', 'out', 1, 2, NULL)", (b"/out/a.jpg",))
+    old.commit()
+    old.close()
+    EnhanceLedger(path).close()
+    db = sqlite3.connect(path)
+    try:
+        assert current_version(db) == LEDGER_MIGRATIONS[-1].version == 2
+        rows = dict(db.execute("SELECT dest, dest_sha FROM outputs").fetchall())
+        assert rows == {b"/in/place.jpg": None, b"/out/a.jpg": "out"}
+    finally:
+        db.close()
+
+
 def test_bad_option_combinations() -> None:
     with pytest.raises(UsageError):
         enhance([], EnhanceOptions(scale=3))

@@ -531,6 +531,22 @@ def _original_record(
     return _latest(made) if made else None
 
 
+def written_in_place(path: str | os.PathLike[str]) -> bool:
+    """Is the file at ``path`` now exactly a version hime wrote over it with ``--in-place``?
+
+    The manifest's ``replaced_sha256`` is the one record of what hime wrote in place (the enhance
+    ledger keeps no second hash that could disagree). Hashes the file only when it has a record.
+    """
+    if not _has_manifest():
+        return False
+    made = {r.replaced_sha256 for r in find_backups(path) if r.state in ("pending", "replaced")}
+    made.discard(None)
+    if not made:
+        return False
+    key = _key(path)
+    return key.is_file() and _sha256_file(key) in made
+
+
 def load_original(path: str | os.PathLike[str]) -> LoadedImage:
     """:func:`~hime_cli.library.reader.load_image`, but a photo hime replaced in place loads as its original."""
     return load_original_with_bytes(path)[0]
