@@ -45,7 +45,24 @@ bench.register(app)
 
 
 def main() -> None:
-    app()
+    """Entry point: errors that escape a command (one without ``handle_errors``) get the same one line."""
+    import os
+    import sys
+    import traceback
+
+    from hime_cli.cli.common import describe_error, fail
+
+    try:
+        app()
+    except Exception as exc:
+        described = describe_error(exc)
+        if described is None:
+            raise
+        if os.environ.get("HIME_DEBUG"):
+            traceback.print_exc()
+        message, hint, code = described
+        fail(message, hint, code)
+        sys.exit(code)
 
 
 if __name__ == "__main__":  # pragma: no cover

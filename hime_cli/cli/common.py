@@ -36,16 +36,28 @@ def progress_enabled() -> bool:
 
 
 def print_json(obj: Any) -> None:
-    """Write one JSON document to stdout (plain, no rich markup)."""
-    sys.stdout.write(json.dumps(obj, indent=2, default=str, ensure_ascii=False) + "\n")
+    """Write one JSON document to stdout (plain, no rich markup), always valid UTF-8.
+
+    A non-UTF-8 file name reaches Python as a str with lone surrogates (``\\udcff``); written
+    raw they made invalid UTF-8. They are written as JSON ``\\udcXX`` escapes instead, which
+    ``json.loads`` turns back into the same str (``os.fsencode`` then gives the exact bytes).
+    """
+    text = json.dumps(obj, indent=2, default=_json_default, ensure_ascii=False) + "\n"
+    # json.dumps escapes every backslash of the data, so each one backslashreplace adds is a
+    # valid \\uXXXX escape of an unencodable (surrogate) character.
+    sys.stdout.write(text.encode("utf-8", "backslashreplace").decode("utf-8"))
     sys.stdout.flush()
+
+
+def _json_default(value: Any) -> Any:
+    return os.fspath(value) if isinstance(value, os.PathLike) else str(value)
 
 
 def fail(message: str, hint: str | None = None, code: int = EXIT_FAILED) -> typer.Exit:
     """Print ``Error: ... Hint: ...`` on stderr and return the Exit to raise."""
-    line = f"[bold red]Error:[/] {_escape(message)}"
+    line = f"[bold red]Error:[/] {safe(message)}"
     if hint:
-        line += f" [dim]Hint: {_escape(hint)}[/]"
+        line += f" [dim]Hint: {safe(hint)}[/]"
     err.print(line, highlight=False)
     return typer.Exit(code)
 
@@ -56,8 +68,77 @@ def _escape(text: str) -> str:
     return escape(text)
 
 
+def describe_error(exc: BaseException) -> tuple[str, str | None, int] | None:
+    """(message, hint, exit code) for the errors a command may end with; None for a bug.
+
+    The one table of error → message (DESIGN: CLI): hime's own errors carry their hint; OS and
+    SQLite errors that reach the CLI (a full disk, a damaged database) get one here.
+    """
+    import sqlite3
+
+    from hime_cli.library.sqlite_store import is_damage
+
+    if isinstance(exc, HimeError):
+        return exc.message, exc.hint, exc.exit_code
+    if isinstance(exc, sqlite3.Error):
+        index = _index_path()
+        if is_damage(exc):
+            return (
+                f"a hime database is damaged ({exc}); most likely the library index {index}.",
+                f"run `hime doctor` to see which; to start the index afresh, move {index} aside and re-scan.",
+                EXIT_FAILED,
+            )
+        text = str(exc).lower()
+        if "disk is full" in text:
+            return (
+                f"cannot write a hime database: the disk is full ({exc}).",
+                "free some disk space.",
+                EXIT_FAILED,
+            )
+        if "locked" in text:
+            return (
+                f"a hime database is locked ({exc}).",
+                "wait for the other hime process to finish.",
+                EXIT_FAILED,
+            )
+        return f"database error: {exc}.", f"run `hime doctor` to check {index}.", EXIT_FAILED
+    if isinstance(exc, OSError):
+        import errno
+
+        where = f": {display_path(exc.filename)}" if exc.filename else ""
+        message = f"{exc.strerror or exc}{where}."
+        if exc.errno == errno.ENOSPC:
+            return message, "free some disk space (see `hime paths` for where hime writes).", EXIT_FAILED
+        if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+            return message, "check the permissions (see `hime paths` for where hime writes).", EXIT_FAILED
+        return message, None, EXIT_FAILED
+    return None
+
+
+def _index_path() -> str:
+    try:
+        from hime_cli.paths import get_paths
+
+        return str(get_paths().index_path)
+    except Exception:  # noqa: BLE001 - only used to word a message
+        return "the index"
+
+
+def display_path(path: object) -> str:
+    """A path as text that prints anywhere: undecodable bytes of a file name shown as ``\\xNN``."""
+    text: str | bytes = os.fspath(path) if isinstance(path, (str, bytes, os.PathLike)) else str(path)
+    if isinstance(text, bytes):
+        return text.decode("utf-8", "backslashreplace")
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def safe(text: object) -> str:
+    """User text (a path, a reason) ready for rich: printable, markup escaped."""
+    return _escape(display_path(text))
+
+
 def handle_errors(func: F) -> F:
-    """Decorator for commands: HimeError → one line + its exit code; Ctrl-C → 130."""
+    """Decorator for commands: known errors → one line + exit code (:func:`describe_error`); Ctrl-C → 130."""
 
     @functools.wraps(func)
     def wrapper(*args: Any, **kwargs: Any) -> Any:
@@ -68,9 +149,13 @@ def handle_errors(func: F) -> F:
         except KeyboardInterrupt:
             err.print("[yellow]Interrupted.[/]")
             raise typer.Exit(EXIT_INTERRUPTED) from None
-        except HimeError as exc:
+        except Exception as exc:
+            described = describe_error(exc)
+            if described is None:
+                raise
             if os.environ.get("HIME_DEBUG"):
                 traceback.print_exc()
-            raise fail(exc.message, exc.hint, exc.exit_code) from None
+            message, hint, code = described
+            raise fail(message, hint, code) from None
 
     return wrapper  # type: ignore[return-value]

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, progress_enabled
+from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, progress_enabled, safe
 
 if TYPE_CHECKING:
     from hime_cli.pipeline import EnhanceOptions, EnhanceReport, Progress
@@ -224,7 +224,7 @@ def _with_progress(paths: list[Path], options: EnhanceOptions) -> EnhanceReport:
         faces = bar.add_task("faces", total=None, note="")
 
         def update(p: Progress) -> None:  # type: ignore[no-redef]
-            bar.update(photos, total=p.photos_total, completed=p.photos_done, note=p.message)
+            bar.update(photos, total=p.photos_total, completed=p.photos_done, note=safe(p.message))
             bar.update(faces, total=max(p.faces_total, 1), completed=p.faces_done, note="")
 
         return enhance(paths, options, update)
@@ -241,7 +241,7 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
             if p.status == "dry-run":
                 left = len(p.faces) - p.faces_enhanced
                 table.add_row(
-                    str(p.source), str(p.dest), str(p.faces_enhanced), str(p.faces_without_refs), str(left)
+                    safe(p.source), safe(p.dest), str(p.faces_enhanced), str(p.faces_without_refs), str(left)
                 )
         out.print(table)
     summary = Table(title=f"hime enhance ×{report.scale}", box=None, pad_edge=False, show_header=False)
@@ -267,14 +267,14 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
         table.add_column("photo", overflow="fold")
         table.add_column("reason", overflow="fold")
         for p in failed:
-            table.add_row(str(p.source), p.reason or "")
+            table.add_row(safe(p.source), safe(p.reason or ""))
         out.print(table)
     if report.compare_index is not None:
-        out.print(f"Before/after sheets: {report.compare_index}", highlight=False)
+        out.print(f"Before/after sheets: {safe(report.compare_index)}", highlight=False)
     written = {p.dest.parent for p in report.photos if p.status == "done" and p.dest is not None}
     if written and options.write_photos and not options.in_place:
         roots = sorted({str(_common_root(written))})
-        out.print(f"Enhanced photos in: {', '.join(roots)}", highlight=False)
+        out.print(f"Enhanced photos in: {', '.join(safe(r) for r in roots)}", highlight=False)
 
 
 def _common_root(folders: set[Path]) -> Path:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json
+from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
@@ -47,7 +47,7 @@ def register(app: typer.Typer) -> None:
                 print_json(rows)
             else:
                 for row in rows:
-                    out.print(f"{row['state']:9} {row['path']}", highlight=False)
+                    out.print(f"{row['state']:9} {safe(row['path'])}", highlight=False)
                 if not rows:
                     err.print("No backups recorded.")
             return
@@ -70,16 +70,16 @@ def register(app: typer.Typer) -> None:
         else:
             verb = "would restore" if dry_run else "restored"
             for p in report.restored:
-                out.print(f"[green]{verb}[/] {p}", highlight=False)
+                out.print(f"[green]{verb}[/] {safe(p)}", highlight=False)
             for p in report.unchanged:
-                out.print(f"[dim]original[/] {p}", highlight=False)
+                out.print(f"[dim]original[/] {safe(p)}", highlight=False)
             for label, items in (
                 ("refused", report.refused),
                 ("missing", report.missing),
                 ("failed", report.failed),
             ):
                 for p, reason in items:
-                    out.print(f"[yellow]{label}[/] {p}: {reason}", highlight=False)
+                    out.print(f"[yellow]{label}[/] {safe(p)}: {safe(reason)}", highlight=False)
             err.print(
                 f"{len(report.restored)} {verb}, {len(report.unchanged)} already original, "
                 f"{len(report.refused)} refused, {len(report.missing)} without backup, {len(report.failed)} failed",

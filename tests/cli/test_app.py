@@ -30,3 +30,34 @@ def test_paths_follow_hime_home(tmp_path, monkeypatch) -> None:
     data = json.loads(result.stdout)
     assert data["index"].startswith(str(tmp_path / "h"))
     assert data["hf_cache"].startswith(str(tmp_path / "h"))
+
+
+def test_damaged_index_is_one_line_with_a_hint_not_a_traceback(tmp_path) -> None:
+    """#11 D7: a corrupt index gave a raw sqlite3 traceback."""
+    from hime_cli.paths import get_paths
+
+    index = get_paths().index_path
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_bytes(b"this is not a database, it is a damaged index " * 200)
+    result = runner.invoke(app, ["faces", "list"])
+    assert result.exit_code == 1
+    assert not isinstance(result.exception, Exception) or isinstance(result.exception, SystemExit)
+    assert "Error:" in result.stderr and "damaged" in result.stderr
+    assert "hime doctor" in result.stderr and "re-scan" in result.stderr
+    assert "Traceback" not in result.output
+
+
+def test_os_errors_are_one_line(monkeypatch, tmp_path) -> None:
+    """A full disk (or any OS error) reaching the CLI is one `Error: … Hint: …` line."""
+    import errno
+
+    from hime_cli.cli.common import describe_error
+
+    full = OSError(errno.ENOSPC, "No space left on device", str(tmp_path / "x"))
+    message, hint, code = describe_error(full)
+    assert "No space left" in message and "free some disk space" in hint and code == 1
+    import sqlite3
+
+    message, hint, _ = describe_error(sqlite3.OperationalError("database or disk is full"))
+    assert "disk is full" in message and "free some disk space" in hint
+    assert describe_error(ValueError("a bug")) is None  # bugs keep their traceback

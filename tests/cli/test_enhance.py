@@ -357,3 +357,20 @@ def test_sigkill_in_place_never_loses_or_tears_a_photo(tmp_path: Path, weights: 
     )
     assert proc.returncode == 0
     assert json.loads(proc.stdout)["summary"]["skipped"] == len(originals)
+
+
+def test_json_report_is_valid_utf8_for_non_utf8_file_names(tmp_path: Path, weights: Path) -> None:
+    """#11 D12: `enhance --json` wrote invalid UTF-8 for a file name that is not UTF-8."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    name = os.fsdecode(b"caf\xe9 [bold].jpg")  # Latin-1 bytes, and rich markup in the name
+    (folder / name).write_bytes(b"not an image, fails fast")
+    result = _invoke(["enhance", str(folder), "--out", str(tmp_path / "out"), "--json", *_base(weights)])
+    assert result.exit_code == 1
+    text = result.stdout_bytes.decode("utf-8")  # raises on invalid UTF-8
+    report = json.loads(text)
+    (photo,) = report["photos"]
+    assert os.fsencode(photo["source"]) == os.fsencode(folder / name)  # the exact bytes come back
+    assert photo["status"] == "failed"
+    plain = _invoke(["enhance", str(folder), "--out", str(tmp_path / "out"), *_base(weights)])
+    assert "caf\\xe9[bold].jpg" in "".join(plain.stdout.split())  # readable, markup not interpreted

@@ -39,3 +39,18 @@ def test_restore_without_paths_is_a_usage_error() -> None:
     result = runner.invoke(app, ["restore"])
     assert result.exit_code == 2
     assert "Error:" in result.stderr
+
+
+def test_restore_cli_works_with_a_damaged_manifest(tmp_path) -> None:
+    """#11 D7: a corrupt manifest made the backups unreachable through the CLI."""
+    from hime_cli.library.backup import manifest_path
+
+    photo = tmp_path / "a [red]x.jpg"  # markup in a name is printed as text
+    photo.write_bytes(b"original")
+    replace_in_place(photo, lambda tmp: tmp.write_bytes(b"enhanced"))
+    manifest_path().write_bytes(b"garbage, not sqlite" * 100)
+    listed = runner.invoke(app, ["restore", "--list"])
+    assert listed.exit_code == 0 and "a [red]x.jpg" in listed.stdout
+    result = runner.invoke(app, ["restore", str(tmp_path)])
+    assert result.exit_code == 0, result.output
+    assert photo.read_bytes() == b"original" and "a [red]x.jpg" in result.stdout
