@@ -27,6 +27,7 @@ Nothing here prints: progress goes to a callback, results come back as frozen da
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import functools
 import hashlib
@@ -924,9 +925,19 @@ class Enhancer:
         start = time.perf_counter()
         opts = self.options
         planned = plan_outputs(paths, opts)
+        settings = opts.settings_key()
+        run_lock = contextlib.ExitStack()
+        if opts.in_place and not opts.dry_run:
+            from hime_cli.library.backup import in_place_run_lock
+
+            run_lock.enter_context(in_place_run_lock())  # two in-place runs at once: the second refused
+        with run_lock:
+            return self._run(planned, settings, start)
+
+    def _run(self, planned: list[PlannedPhoto | PhotoReport], settings: str, start: float) -> EnhanceReport:
+        opts = self.options
         reports: dict[int, PhotoReport] = {}
         todo: list[tuple[int, PlannedPhoto]] = []
-        settings = opts.settings_key()
         ledger = EnhanceLedger() if opts.write_photos and not opts.dry_run else None
         try:
             for i, item in enumerate(planned):

@@ -181,6 +181,18 @@ def test_ledger_migrates_to_one_record_of_what_hime_wrote(tmp_path: Path) -> Non
         db.close()
 
 
+def test_a_second_in_place_run_at_once_is_refused_up_front(photos: Path) -> None:
+    """#11 D4: two `enhance --refs --in-place` runs at once took no lock."""
+    from hime_cli.library.backup import BackupLockedError, in_place_run_lock
+
+    original = (photos / "a.jpg").read_bytes()
+    with in_place_run_lock():  # another run holds it
+        with pytest.raises(BackupLockedError, match="another `hime enhance --in-place`") as info:
+            enhance([photos], EnhanceOptions(in_place=True, device="cpu"))
+        assert "wait" in (info.value.hint or "")
+    assert (photos / "a.jpg").read_bytes() == original
+
+
 def test_bad_option_combinations() -> None:
     with pytest.raises(UsageError):
         enhance([], EnhanceOptions(scale=3))

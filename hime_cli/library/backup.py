@@ -202,6 +202,34 @@ def store_lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
+@contextlib.contextmanager
+def in_place_run_lock() -> Iterator[None]:
+    """Held for a whole ``hime enhance --in-place`` run: a second one at once is refused up front.
+
+    (Each photo's replacement is also serialised by :func:`store_lock`; this one spares the
+    second run its wasted work and its spurious "already enhanced" failures.)
+    """
+    folder = _backups_dir()
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / "in-place-run.lock", os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+            raise BackupLockedError(
+                "another `hime enhance --in-place` run is replacing photos"
+                + (f" (pid {holder})" if holder.isdigit() else "")
+                + ".",
+                hint="wait for it to finish, then run this one again.",
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
 def _manifest_is_blank_but_records_exist(path: Path) -> bool:
     """A manifest truncated to 0 bytes opens as an empty database: damaged, if records exist."""
     try:
