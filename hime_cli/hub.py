@@ -50,6 +50,8 @@ __all__ = [
     "entry_from_file",
     "find_entry",
     "hub_repo_for",
+    "repair_hint",
+    "weights_metadata",
     "load_registry",
     "locate_weights",
     "register_weight",
@@ -341,6 +343,21 @@ def _sha256_cached(path: Path) -> str:
     return _VERIFIED[key]
 
 
+def repair_hint(entry: WeightEntry, damaged: Path | None = None) -> str:
+    """How to get an intact copy of ``entry``: a command that works with this configuration."""
+    bundled = any((d / entry.file).is_file() for d in bundled_dirs())
+    remove = f"delete the damaged copy {damaged}" if damaged is not None else ""
+    if hub_repo_for(entry):
+        fetch = f"re-download with `hime models download {entry.name} --force`"
+        return f"{fetch}" + (f", or {remove}" if remove and bundled else "")
+    if remove and bundled and damaged not in [d / entry.file for d in bundled_dirs()]:
+        return f"{remove}: the copy bundled with hime is then used"
+    return (
+        f"reinstall hime to get the bundled copy, or set {HUB_REPO_ENV}=owner/repo and run "
+        f"`hime models download {entry.name} --force`"
+    )
+
+
 def check_integrity(path: Path, entry: WeightEntry) -> None:
     """Raise :class:`IntegrityError` unless ``path`` has the entry's sha256."""
     actual = _sha256_cached(path)
@@ -348,8 +365,22 @@ def check_integrity(path: Path, entry: WeightEntry) -> None:
         raise IntegrityError(
             f"weights {entry.name} at {path} failed the integrity check "
             f"(sha256 {actual[:12]}…, expected {entry.sha256[:12]}…); refusing to load them",
-            hint=f"re-download with `hime models download {entry.name} --force`",
+            hint=repair_hint(entry, path),
         )
+
+
+def weights_metadata(path: str | Path) -> dict[str, str]:
+    """The ``__metadata__`` of a safetensors file's JSON header (no torch); {} when unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            (header_len,) = struct.unpack("<Q", fh.read(8))
+            if header_len > 100 * 1024 * 1024:
+                return {}
+            header = json.loads(fh.read(header_len))
+    except (OSError, struct.error, ValueError):
+        return {}
+    meta = header.get("__metadata__") if isinstance(header, dict) else None
+    return {str(k): str(v) for k, v in meta.items()} if isinstance(meta, dict) else {}
 
 
 def count_parameters(path: str | Path) -> int | None:
@@ -424,15 +455,28 @@ def resolve_weights(name_or_path: str | os.PathLike[str], *, allow_download: boo
         if not path.is_file():
             raise ModelError(f"weight file {path} does not exist", hint="check the --weights path")
         logger.info("weights: using explicit path %s", path)
-        return ResolvedWeights(path=path.resolve(), entry=_entry_by_sha(path), source="path")
+        entry = _entry_by_sha(path)
+        if entry is None:
+            logger.warning(
+                "weights: %s matches no registered weight (sha256 %s…): loading it unverified",
+                path,
+                _sha256_cached(path.resolve())[:12],
+            )
+        return ResolvedWeights(path=path.resolve(), entry=entry, source="path")
 
     entry = find_entry(text)
     logger.info("weights: resolving %s (%s)", entry.name, entry.file)
 
+    damaged: IntegrityError | None = None
     for candidate in _cache_candidates(entry):
         if candidate.is_file():
             logger.info("weights: %s found in the local cache at %s", entry.name, candidate)
-            check_integrity(candidate, entry)
+            try:
+                check_integrity(candidate, entry)
+            except IntegrityError as exc:  # a damaged cache copy must not hide a good one elsewhere
+                logger.warning("weights: %s; looking further", exc.message)
+                damaged = damaged or exc
+                continue
             return ResolvedWeights(path=candidate, entry=entry, source="cache")
         logger.debug("weights: not in cache at %s", candidate)
 
@@ -461,6 +505,8 @@ def resolve_weights(name_or_path: str | os.PathLike[str], *, allow_download: boo
             return ResolvedWeights(path=candidate, entry=entry, source="bundled")
         logger.debug("weights: not bundled at %s", candidate)
 
+    if damaged is not None:
+        raise damaged
     reason = f" (download failed: {download_error})" if download_error else ""
     raise ModelError(
         f"weights {entry.name} are not available locally{reason}",

@@ -295,3 +295,51 @@ def test_create_model_pretrained_loads_through_the_hub(models_dir: Path) -> None
     loaded = create_model("hime_test_x4", pretrained=True)
     for (k, a), b in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
         assert torch.equal(a, b), k
+
+
+def test_damaged_cache_copy_does_not_block_a_good_bundled_one(
+    models_dir: Path, registered: hub.WeightEntry, tmp_path: Path, caplog
+) -> None:
+    """#11 D13: a damaged cache copy blocked `enhance` although the bundled copy was good."""
+    payload = (tmp_path / "build" / registered.file).read_bytes()
+    (models_dir / registered.file).write_bytes(payload)
+    cached = get_paths().weights_dir / registered.file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(payload[:-1] + bytes([payload[-1] ^ 0xFF]))
+    with caplog.at_level(logging.WARNING, logger="hime_cli.hub"):
+        res = hub.resolve_weights("tiny_x4.v1")
+    assert res.source == "bundled" and res.path == models_dir / registered.file
+    assert any("integrity" in r.getMessage() for r in caplog.records)
+
+
+def test_integrity_hints_name_a_command_that_works_here(
+    models_dir: Path, registered: hub.WeightEntry, tmp_path: Path, monkeypatch
+) -> None:
+    """#11 D13: the hint `hime models download … --force` failed with no hub configured."""
+    cached = get_paths().weights_dir / registered.file
+    cached.parent.mkdir(parents=True)
+    cached.write_bytes(b"damaged" * 20)
+    with pytest.raises(IntegrityError) as info:  # no bundled copy, no hub
+        hub.resolve_weights("tiny_x4.v1")
+    assert hub.HUB_REPO_ENV in info.value.hint and "reinstall" in info.value.hint
+    (models_dir / registered.file).write_bytes((tmp_path / "build" / registered.file).read_bytes())
+    hint = hub.repair_hint(registered, cached)  # e.g. for `hime models verify`
+    assert "delete the damaged copy" in hint and "--force" not in hint
+    monkeypatch.setenv("HIME_HUB_REPO", "someone/hime")
+    assert "hime models download tiny_x4.v1 --force" in hub.repair_hint(registered, cached)
+
+
+def test_unregistered_explicit_weights_load_with_a_warning(
+    registered: hub.WeightEntry, tmp_path: Path, caplog
+) -> None:
+    """#11 D14: a --weights file matching no registered sha256 loaded with no warning."""
+    own = make_weight(tmp_path / "mine" / "finetuned.safetensors", seed=42)
+    with caplog.at_level(logging.WARNING, logger="hime_cli.hub"):
+        assert hub.resolve_weights(str(own)).entry is None
+    assert any("matches no registered weight" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    copy = tmp_path / "mine" / "copy.safetensors"
+    copy.write_bytes((tmp_path / "build" / registered.file).read_bytes())
+    with caplog.at_level(logging.WARNING, logger="hime_cli.hub"):
+        hub.resolve_weights(copy)
+    assert not caplog.records

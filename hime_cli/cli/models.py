@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json
+from hime_cli.cli.common import err, fail, handle_errors, out, print_json, safe
 
 models_app = typer.Typer(
     name="models",
@@ -108,7 +108,7 @@ def info_cmd(
     for key, value in info.items():
         if isinstance(value, dict):
             value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-        out.print(f"[bold]{key:14}[/] {value if value not in (None, '') else '-'}", highlight=False)
+        out.print(f"[bold]{key:14}[/] {safe(value if value not in (None, '') else '-')}", highlight=False)
 
 
 @models_app.command("download")
@@ -122,7 +122,7 @@ def download_cmd(
 
     err.print(f"Fetching {name} …", highlight=False)
     resolved = download_weights(name, force=force)
-    out.print(str(resolved.path), highlight=False)
+    out.print(safe(resolved.path), highlight=False)
     err.print(f"{resolved.entry.name if resolved.entry else name}: ok ({resolved.source})", highlight=False)
 
 
@@ -148,18 +148,20 @@ def verify_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."
                 }
             )
     bad = [r for r in results if r["status"] == "MISMATCH"]
+    registry = load_registry()
     if json_out:
         print_json(results)
     else:
         for r in results:
             style = {"ok": "green", "missing": "yellow"}.get(r["status"], "bold red")
             where = f"{r['source']}: {r['path']}" if r["path"] else "no local copy"
-            out.print(f"[{style}]{r['status']:8}[/] {r['name']}  {where}", highlight=False)
+            out.print(f"[{style}]{r['status']:8}[/] {safe(r['name'])}  {safe(where)}", highlight=False)
     if bad:
-        names = sorted({r["name"] for r in bad})
-        err.print(
-            f"[bold red]Error:[/] {len(bad)} damaged weight file(s). "
-            f"[dim]Hint: re-download with `hime models download {names[0]} --force`[/]",
-            highlight=False,
+        from pathlib import Path
+
+        from hime_cli.hub import repair_hint
+
+        first = bad[0]
+        raise fail(
+            f"{len(bad)} damaged weight file(s).", repair_hint(registry[first["name"]], Path(first["path"]))
         )
-        raise typer.Exit(EXIT_FAILED)

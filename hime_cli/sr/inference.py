@@ -266,9 +266,31 @@ def _build(name: str, create_model) -> tuple[object, str]:
         from hime_cli.hub import resolve_weights
 
         resolved = resolve_weights(path)  # logs it; knows the architecture of registered copies
-        arch = resolved.entry.arch if resolved.entry is not None else _arch_from_filename(path.name)
+        arch = resolved.entry.arch if resolved.entry is not None else _arch_of(path)
         return create_model(arch, checkpoint_path=resolved.path), path.name
     return create_model(name, pretrained=True), name
+
+
+def _arch_of(path) -> str:
+    """The architecture of an unregistered weight file: the ``arch`` its own metadata records
+    (``hime train`` writes it), else the file name's first part."""
+    from hime_cli.hub import weights_metadata
+    from hime_cli.sr.registry import list_models
+
+    recorded = weights_metadata(path).get("arch")
+    if recorded:
+        if recorded not in list_models():
+            raise ModelError(
+                f"{path.name} was written for the architecture {recorded!r}, which this hime does not know.",
+                hint=f"architectures: {', '.join(list_models())}; upgrade hime if the weights are newer",
+            )
+        stem = path.name.split(".")[0]
+        if stem != recorded:
+            log.info(
+                "weights %s: architecture %s (from the file's metadata, not its name)", path.name, recorded
+            )
+        return recorded
+    return _arch_from_filename(path.name)
 
 
 def _arch_from_filename(filename: str) -> str:

@@ -64,10 +64,21 @@ def load_state(model: nn.Module, path: str | Path, checkpoint_filter: KeyFilter 
         state = load_file(str(path), device="cpu")
     except (OSError, SafetensorError) as exc:
         raise ModelError(
-            f"cannot read weights {path}: {exc}", hint="re-download with `hime models pull`"
+            f"cannot read weights {path}: {exc}",
+            hint="check the file; `hime models verify` checks the registered copies, "
+            "`hime models download NAME --force` fetches one again",
         ) from exc
     if checkpoint_filter is not None:
         state = checkpoint_filter(state)
+    broken = [
+        key for key, tensor in state.items() if tensor.is_floating_point() and not tensor.isfinite().all()
+    ]
+    if broken:  # would turn every face into NaN and fail each photo without saying why
+        raise ModelError(
+            f"weights {path.name} are damaged: {len(broken)} tensors hold NaN or infinite values "
+            f"({', '.join(broken[:3])}{', …' if len(broken) > 3 else ''})",
+            hint="use another weight file (a training run that diverged writes such weights)",
+        )
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
     if missing or unexpected:

@@ -108,3 +108,13 @@ def test_empty_registry(tmp_path, monkeypatch) -> None:
     monkeypatch.setenv("HIME_MODELS_DIR", str(tmp_path / "empty"))
     result = runner.invoke(app, ["models", "list"])
     assert result.exit_code == 0 and "No weights registered" in result.stderr
+
+
+def test_verify_hint_works_without_a_hub(registry) -> None:
+    """#11 D13: `models verify` suggested `download --force`, which fails with no hub configured."""
+    cached = get_paths().weights_dir / "tiny_x4.bundled.safetensors"
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    cached.write_bytes(registry["tiny_x4.bundled"][:-4] + b"\xff\xff\xff\xff")
+    bad = runner.invoke(app, ["models", "verify"])
+    assert bad.exit_code == 1 and "MISMATCH" in bad.stdout
+    assert "delete the damaged copy" in bad.stderr and "--force" not in bad.stderr

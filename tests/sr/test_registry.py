@@ -116,3 +116,39 @@ def test_pretrained_delegates_to_hub(tmp_path, monkeypatch):
 def test_checkpoint_filter_strips_prefixes_only_at_the_start():
     state = {"module._orig_mod.a.weight": 1, "b.module.weight": 2}
     assert checkpoint_filter(state) == {"a.weight": 1, "b.module.weight": 2}
+
+
+def test_nan_weights_are_blamed_on_the_weights(tmp_path):
+    """#11 D14: NaN weights failed each photo without blaming the weights."""
+    state = _state(create_model("hime_test_x4"))
+    key = next(iter(k for k, v in state.items() if v.is_floating_point()))
+    state[key] = torch.full_like(state[key], float("nan"))
+    save_file(state, str(tmp_path / "nan.safetensors"))
+    with pytest.raises(ModelError, match="NaN") as info:
+        create_model("hime_test_x4", checkpoint_path=tmp_path / "nan.safetensors")
+    assert key in info.value.message
+
+
+def test_corrupt_weights_hint_names_commands_that_exist(tmp_path):
+    """#11 D13: the hint suggested a `hime models pull` that does not exist."""
+    corrupt = tmp_path / "w.safetensors"
+    corrupt.write_bytes(b"\x00" * 20)
+    with pytest.raises(ModelError) as info:
+        load_state(create_model("hime_test_x4"), corrupt)
+    assert "pull" not in info.value.hint and "hime models verify" in info.value.hint
+
+
+def test_architecture_comes_from_the_files_metadata(tmp_path):
+    """#11 D14: the architecture was read from the file name, not from the file's metadata."""
+    from hime_cli.sr.inference import load_super_resolver
+
+    torch.manual_seed(5)
+    source = create_model("hime_test_x4")
+    path = tmp_path / "my_finetune.safetensors"  # a name that says nothing
+    save_file(_state(source), str(path), metadata={"arch": "hime_test_x4"})
+    resolver = load_super_resolver(str(path), 4, "cpu")
+    assert type(resolver.model).__name__ == type(source).__name__
+    unnamed = tmp_path / "other.safetensors"
+    save_file(_state(source), str(unnamed))
+    with pytest.raises(ModelError, match="cannot tell the architecture"):
+        load_super_resolver(str(unnamed), 4, "cpu")
