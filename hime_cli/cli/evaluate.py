@@ -29,6 +29,14 @@ def register(app: typer.Typer) -> None:
         no_identity: bool = typer.Option(
             False, "--no-identity", help="Skip the dlib identity distance (faster)."
         ),
+        degradation: str = typer.Option(
+            "bicubic",
+            "--degradation",
+            help="bicubic (the paper's protocol) or real (blur, noise, JPEG q30-95; seeded per face).",
+        ),
+        seed: int = typer.Option(
+            0, "--seed", help="Seed of the real degradation and of the reference draws."
+        ),
         json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
     ) -> None:
         """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
@@ -37,11 +45,14 @@ def register(app: typer.Typer) -> None:
         from rich.table import Table
 
         from hime_cli.errors import UsageError
+        from hime_cli.training.degradation import PROTOCOLS
         from hime_cli.training.evaluate import evaluate, load_model_for_eval, params_and_gmacs
         from hime_cli.training.run import load_or_prepare
 
         if scale not in (4, 8):
             raise UsageError(f"--scale must be 4 or 8, got {scale}")
+        if degradation not in PROTOCOLS:
+            raise UsageError(f"--degradation must be one of {', '.join(PROTOCOLS)}, got {degradation!r}")
         if threads:
             torch.set_num_threads(threads)
         model, label = load_model_for_eval(weights, scale)
@@ -62,16 +73,32 @@ def register(app: typer.Typer) -> None:
                 limit=limit,
                 batch=batch,
                 with_identity=not no_identity,
+                degradation=degradation,
+                seed=seed,
                 progress=lambda done, n: bar.update(task, completed=done, total=n),
             )
         params, gmacs = params_and_gmacs(model, scale, refs)
         result = {**result, "weights": label, "params": params, "gmacs": gmacs}
-        order = ["scale", "lr_size", "faces", "identities", "refs", "weights", "params", "gmacs", "methods"]
+        order = [
+            "scale",
+            "lr_size",
+            "degradation",
+            "seed",
+            "faces",
+            "identities",
+            "refs",
+            "weights",
+            "params",
+            "gmacs",
+            "methods",
+        ]
         result = {k: result[k] for k in order if k in result}
         if json_out:
             print_json(result)
             return
-        table = Table(title=f"×{scale} on {result['faces']} faces of {result['identities']} people ({label})")
+        table = Table(
+            title=f"×{scale} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
+        )
         for col in ("method", "PSNR (dB)", "SSIM", "id dist", "ms/face"):
             table.add_column(col, justify="right" if col != "method" else "left")
         for name, m in result["methods"].items():

@@ -43,6 +43,12 @@ def register(app: typer.Typer) -> None:
         checkpoint_minutes: float = typer.Option(
             10.0, "--checkpoint-minutes", help="Checkpoint at least this often."
         ),
+        degradation: str = typer.Option(
+            "bicubic",
+            "--degradation",
+            help="LR degradation: bicubic (the paper's clean shrink) or real (blur, noise, JPEG; docs/training.md).",
+        ),
+        init: Path | None = typer.Option(None, "--init", help="Start from these weights (fine-tune)."),
     ) -> None:
         """Train HIME on faces cropped from identity folders, with the crop policy `hime enhance` uses."""
         import torch
@@ -91,6 +97,8 @@ def register(app: typer.Typer) -> None:
                 device=device,
                 resume=resume,
                 checkpoint_minutes=checkpoint_minutes,
+                degradation=degradation,
+                init_weights=init,
                 log=lambda s: err.print(s, highlight=False, markup=False),
                 on_step=on_step,
             )

@@ -32,6 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hime_cli.training.degradation import DegradationConfig, degrade
 from hime_cli.training.prepare import HR_SIZE, STORE_MARGIN, CropSet
 
 
@@ -63,6 +64,14 @@ class SamplerConfig:
     ref_shift: float = 0.015
     flip: bool = True
     patch: int | None = None  # train on random HR patches of this size (multiple of 8; refs cropped alike)
+    # LR degradation: None = the paper's clean bicubic shrink; a DegradationConfig = the `real`
+    # model of :mod:`hime_cli.training.degradation` (blur, kernels, noise, JPEG).
+    degradation: DegradationConfig | None = None
+
+    def __post_init__(self) -> None:
+        # A config read back from a checkpoint's JSON holds the degradation as a dict.
+        if isinstance(self.degradation, dict):
+            object.__setattr__(self, "degradation", DegradationConfig(**self.degradation))
 
 
 class CropSampler:
@@ -191,7 +200,10 @@ class CropSampler:
             rows_t = torch.from_numpy(self_rows).to(self.device)
             refs[rows_t, 0] = self._relight(refs[rows_t, 0])
         refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
-        lr = bicubic_downsample(hr, cfg.scale)
+        if cfg.degradation is not None:
+            lr = degrade(hr, cfg.scale, self.rng, cfg.degradation)
+        else:
+            lr = bicubic_downsample(hr, cfg.scale)
         if cfg.patch and cfg.patch < HR_SIZE:
             # The same window of the target and of its (aligned) references: a 4x cheaper step
             # at patch 64 that still teaches local alignment and transfer. LR is cut from the
@@ -211,11 +223,16 @@ def appearance_vectors(hr: Tensor, scale: int) -> np.ndarray:
     :func:`hime_cli.identities.exemplars.appearance_vector`: the rule ``hime eval`` and the
     sampler's ``p_similar`` pick references by, as ``hime enhance`` does with the LR face.
     """
+    return lr_appearance_vectors(bicubic_downsample(hr, scale))
+
+
+def lr_appearance_vectors(lr: Tensor) -> np.ndarray:
+    """(N, h*w) grey appearance vectors of LR faces (N, 3, h, w), as ``hime enhance`` sees its input."""
     from hime_cli.identities.exemplars import appearance_vector
 
-    size = HR_SIZE // scale
-    lr = bicubic_downsample(hr, scale).permute(0, 2, 3, 1).numpy()
-    return np.stack([appearance_vector(x, size) for x in lr]) if len(lr) else np.zeros((0, size * size))
+    size = int(lr.shape[-1])
+    arr = lr.permute(0, 2, 3, 1).numpy()
+    return np.stack([appearance_vector(x, size) for x in arr]) if len(arr) else np.zeros((0, size * size))
 
 
 def similar_members(
@@ -264,6 +281,7 @@ __all__ = [
     "appearance_vectors",
     "bicubic_downsample",
     "canonical_view",
+    "lr_appearance_vectors",
     "math",
     "similar_members",
 ]

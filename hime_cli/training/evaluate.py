@@ -6,6 +6,12 @@ of the same identity, chosen as ``hime enhance`` chooses them: those that look m
 face); ``hime_random_refs`` (random other photos of the person); ``hime_blank`` (no references);
 ``hime_wrong_refs`` (another identity's photos, chosen like ``hime``'s). Metrics: PSNR and SSIM on RGB 0–255 over the whole crop, identity distance (dlib
 embedding distance between output and HR), and ms per face for the network methods.
+
+Two degradation protocols (``degradation``): ``bicubic``, the paper's clean antialiased bicubic
+shrink, and ``real`` (:mod:`hime_cli.training.degradation`: blur, bicubic/bilinear/area
+kernels, noise, JPEG q 30–95, sometimes twice), drawn per face from ``(seed, crop index)`` so a
+number measured today compares with one measured later. Under ``real`` the references are picked
+by the degraded LR face, as ``hime enhance`` sees it.
 """
 
 from __future__ import annotations
@@ -19,7 +25,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from hime_cli.training.dataset import appearance_vectors, bicubic_downsample, canonical_view
+from hime_cli.training.dataset import (
+    appearance_vectors,
+    bicubic_downsample,
+    canonical_view,
+    lr_appearance_vectors,
+)
+from hime_cli.training.degradation import EVAL_CONFIG, PROTOCOLS, degrade_fixed
 from hime_cli.training.metrics import psnr, ssim
 from hime_cli.training.prepare import HR_SIZE, CropSet
 
@@ -37,7 +49,11 @@ class EvalPlan:
 
 
 def _pick(
-    pool: np.ndarray, k: int, rng: np.random.Generator, vectors: np.ndarray | None, target: int
+    pool: np.ndarray,
+    k: int,
+    rng: np.random.Generator,
+    vectors: np.ndarray | None,
+    query: np.ndarray | None,
 ) -> np.ndarray:
     """Up to ``k`` of ``pool``: a random pool of APPEARANCE_POOL, then (with ``vectors``) the ones
     that look most like the target's LR face, as ``hime enhance`` picks among its best candidates."""
@@ -46,7 +62,7 @@ def _pick(
     if vectors is None:
         return rng.choice(pool, size=min(k, len(pool)), replace=False)
     sub = rng.choice(pool, size=min(max(k, APPEARANCE_POOL), len(pool)), replace=False)
-    score = vectors[sub] @ vectors[target]
+    score = vectors[sub] @ query
     return sub[np.argsort(-score, kind="stable")[:k]]
 
 
@@ -57,6 +73,7 @@ def make_plan(
     seed: int = 0,
     scale: int = 4,
     hr: torch.Tensor | None = None,
+    query_vectors: np.ndarray | None = None,
 ) -> EvalPlan:
     """Every face with ≥1 other photo of its identity is a target (or ``limit`` of them, spread over identities).
 
@@ -65,7 +82,9 @@ def make_plan(
     of ``hime enhance``'s exemplar choice; the LR is all it looks at). ``random_refs``: ``n_refs``
     random other photos. ``wrong_refs``: another person's photos, picked like ``refs`` (the
     look-alikes a wrong cluster would offer: the harder test). ``hr``: ``canonical_view(crops)``
-    when the caller has it already (it is decoded otherwise).
+    when the caller has it already (it is decoded otherwise). ``query_vectors``: the appearance
+    vectors of the LR inputs when they are not the clean bicubic view (the ``real`` protocol);
+    candidates are always seen through their clean HR crops, as enhance sees its exemplars.
     """
     rng = np.random.default_rng(seed)
     ids = crops.identity
@@ -87,6 +106,7 @@ def make_plan(
     vectors = None
     if len(targets) and n_refs:
         vectors = appearance_vectors(canonical_view(crops) if hr is None else hr, scale)
+    queries = vectors if query_vectors is None else query_vectors
     refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     random_refs = np.full((len(targets), n_refs), -1, dtype=np.int64)
     wrong = np.full((len(targets), n_refs), -1, dtype=np.int64)
@@ -94,14 +114,15 @@ def make_plan(
     for row, t in enumerate(targets):
         own = np.flatnonzero((ids == ids[t]) & (np.arange(len(ids)) != t))
         if len(own) and n_refs:
-            chosen = _pick(own, n_refs, rng, vectors, t)
+            chosen = _pick(own, n_refs, rng, vectors, None if queries is None else queries[t])
             refs[row, : len(chosen)] = chosen
-            chosen = _pick(own, n_refs, rng, None, t)
+            chosen = _pick(own, n_refs, rng, None, None)
             random_refs[row, : len(chosen)] = chosen
         others = identities[identities != ids[t]]
         if len(others) and n_refs:
             other = rng.choice(others)
-            chosen = _pick(np.flatnonzero(ids == other), n_refs, rng, vectors, t)
+            query = None if queries is None else queries[t]
+            chosen = _pick(np.flatnonzero(ids == other), n_refs, rng, vectors, query)
             wrong[row, : len(chosen)] = chosen
     return EvalPlan(targets=targets, refs=refs, random_refs=random_refs, wrong_refs=wrong)
 
@@ -144,10 +165,14 @@ def evaluate(
     with_identity: bool = True,
     methods: tuple[str, ...] = METHODS,
     progress: Callable[[int, int], None] | None = None,
+    degradation: str = "bicubic",
+    seed: int = 0,
 ) -> dict:
     """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info)."""
     hr_all = canonical_view(crops)
-    plan = make_plan(crops, n_refs, limit, scale=scale, hr=hr_all)
+    lr_all = degraded_inputs(hr_all, scale, degradation, seed)
+    queries = lr_appearance_vectors(lr_all) if degradation != "bicubic" else None
+    plan = make_plan(crops, n_refs, limit, seed=seed, scale=scale, hr=hr_all, query_vectors=queries)
     device = next(model.parameters()).device if model is not None else torch.device("cpu")
     idd = IdentityDistance() if with_identity else None
     sums: dict[str, dict[str, float]] = {
@@ -158,7 +183,7 @@ def evaluate(
     for sl in _batched(n, batch):
         idx = plan.targets[sl]
         hr = hr_all[idx]
-        lr = bicubic_downsample(hr, scale)
+        lr = lr_all[idx]
         hr_emb = idd.embed(hr) if idd else None
         for method in methods:
             t0 = time.perf_counter()
@@ -195,6 +220,8 @@ def evaluate(
         "faces": n,
         "identities": int(len(np.unique(crops.identity[plan.targets]))) if n else 0,
         "refs": n_refs,
+        "degradation": degradation,
+        "seed": seed,
         "methods": {},
     }
     for method, s in sums.items():
@@ -207,6 +234,18 @@ def evaluate(
             entry["ms_per_face"] = round(1000.0 * s["seconds"] / max(n, 1), 2)
         result["methods"][method] = entry
     return result
+
+
+def degraded_inputs(
+    hr: torch.Tensor, scale: int, degradation: str = "bicubic", seed: int = 0
+) -> torch.Tensor:
+    """The LR input of every crop under a protocol (:data:`PROTOCOLS`); crop ``i``'s ``real``
+    degradation is seeded by ``(seed, i)``, independent of batching and of ``--limit``."""
+    if degradation not in PROTOCOLS:
+        raise ValueError(f"unknown degradation {degradation!r}; one of {', '.join(PROTOCOLS)}")
+    if degradation == "bicubic":
+        return bicubic_downsample(hr, scale)
+    return degrade_fixed(hr, scale, np.arange(len(hr)), seed=seed, cfg=EVAL_CONFIG)
 
 
 def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") -> tuple[torch.nn.Module, str]:
@@ -248,4 +287,12 @@ def params_and_gmacs(model: torch.nn.Module, scale: int, n_refs: int = 3) -> tup
         return params, None
 
 
-__all__ = ["evaluate", "make_plan", "IdentityDistance", "load_model_for_eval", "params_and_gmacs", "Path"]
+__all__ = [
+    "degraded_inputs",
+    "evaluate",
+    "make_plan",
+    "IdentityDistance",
+    "load_model_for_eval",
+    "params_and_gmacs",
+    "Path",
+]

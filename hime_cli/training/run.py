@@ -73,6 +73,7 @@ def run_training(
     val_every: int | None = None,
     checkpoint_minutes: float = 10.0,
     lambda_cor: float | None = None,
+    degradation: str = "bicubic",
     log: Callable[[str], None] = print,
     on_step=None,
 ):
@@ -102,6 +103,14 @@ def run_training(
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_similar=p_similar))
     if patch is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, patch=patch))
+    if degradation not in ("bicubic", "real"):
+        from hime_cli.errors import UsageError
+
+        raise UsageError(f"--degradation must be bicubic or real, got {degradation!r}")
+    if degradation == "real":
+        from hime_cli.training.degradation import DegradationConfig
+
+        cfg = replace(cfg, sampler=replace(cfg.sampler, degradation=DegradationConfig()))
     train_crops = load_or_prepare(data, log)
     val_crops = load_or_prepare(val_data, log) if val_data else None
     log(
@@ -155,6 +164,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int)
     p.add_argument("--val-every", type=int)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
+    p.add_argument(
+        "--degradation", default="bicubic", choices=("bicubic", "real"), help="LR degradation of the samples"
+    )
     a = p.parse_args(argv)
     if a.threads:
         import torch
@@ -180,6 +192,7 @@ def main(argv: list[str] | None = None) -> None:
         patch=a.patch,
         warmup_steps=a.warmup_steps,
         val_every=a.val_every,
+        degradation=a.degradation,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
 

@@ -152,6 +152,10 @@ class Validator:
         self.chosen = (hr[np.maximum(chosen, 0)] * chosen_mask[..., None, None, None]).to(device)
         self.chosen_mask = chosen_mask.to(device)
         self.lr = bicubic_downsample(self.hr, scale)
+        # The same faces under the `real` degradation (fixed seed), as `hime eval --degradation real`.
+        from hime_cli.training.degradation import EVAL_CONFIG, degrade_fixed
+
+        self.lr_real = degrade_fixed(self.hr.cpu(), scale, pick, seed=seed, cfg=EVAL_CONFIG).to(device)
         self.mask = mask.to(device)
         up = torch.nn.functional.interpolate(self.lr, scale_factor=scale, mode="bicubic", align_corners=False)
         self.bicubic = float(psnr(up, self.hr).mean())
@@ -165,6 +169,8 @@ class Validator:
         # An oracle: the target itself as the only reference. Far above psnr_blank once the
         # reference path works; equal to it while the network ignores its references.
         own = float(psnr(model(self.lr, self.hr[:, None], torch.ones_like(self.mask[:, :1])), self.hr).mean())
+        real_chosen = float(psnr(model(self.lr_real, self.chosen, self.chosen_mask), self.hr).mean())
+        real_blank = float(psnr(model(self.lr_real), self.hr).mean())
         model.train()
         return {
             "psnr_bicubic": self.bicubic,
@@ -172,6 +178,8 @@ class Validator:
             "psnr_chosen": chosen,
             "psnr_blank": blank,
             "psnr_self": own,
+            "real_chosen": real_chosen,
+            "real_blank": real_blank,
         }
 
 
