@@ -854,6 +854,9 @@ class PhotoWork:
     reports: list[FaceReport]
     started: float
     works: list[FaceWork] = field(default_factory=list)
+    source: bytes | None = (
+        None  # the bytes ``loaded`` came from (the original's, for a photo replaced in place)
+    )
 
 
 def _same_shot(lr_crop: np.ndarray, ref_crop: np.ndarray) -> bool:
@@ -1023,7 +1026,7 @@ class Enhancer:
             yield chunk
 
     def _prepare(self, plan: PlannedPhoto, source: ExemplarSource) -> PhotoWork:
-        from hime_cli.library.backup import load_original
+        from hime_cli.library.backup import load_original_with_bytes
         from hime_cli.sr.inference import crop_image, face_crop
 
         opts = self.options
@@ -1031,11 +1034,11 @@ class Enhancer:
         if opts.in_place and self._restore_if_enhanced(plan.source, opts.dry_run):
             log.info("%s: restored the original before enhancing it again", plan.source)
         # A photo enhanced in place earlier is enhanced again from its original, never from itself.
-        loaded = load_original(plan.source)
+        loaded, original = load_original_with_bytes(plan.source)
         faces = source.faces(plan.source, loaded)
         targets = source.targets(faces, opts)
         model_scale = self.model.scale if self.model else (8 if opts.scale == 8 else 4)
-        work = PhotoWork(plan, loaded, faces, [], started)
+        work = PhotoWork(plan, loaded, faces, [], started, source=None if opts.dry_run else original)
         for k, face in enumerate(faces):
             det = face.detected
             base = FaceReport(tuple(det.box.as_list()), det.size, det.score, "", face.identity_id)  # type: ignore[arg-type]
@@ -1174,6 +1177,7 @@ class Enhancer:
                     pw.plan.source, pw.plan.dest, "failed", reason, _faces_failed(pw.reports, reason)
                 )
             pw.loaded = None  # type: ignore[assignment]  # free the pixels as soon as the photo is written
+            pw.source = None
             self._emit(photos_done=self._counters.photos_done + 1)
             if opts.dry_run:
                 self._emit(faces_done=self._counters.faces_done + len(pw.works))
@@ -1204,7 +1208,7 @@ class Enhancer:
         out_size = (canvas.shape[1], canvas.shape[0])
         if opts.write_photos:
             alpha = upscale_photo(loaded.alpha[..., None], s)[..., 0] if loaded.alpha is not None else None
-            self._write(pw.plan, loaded, canvas, alpha, settings, ledger)
+            self._write(pw.plan, loaded, canvas, alpha, settings, ledger, pw.source)
         return PhotoReport(
             pw.plan.source,
             pw.plan.dest if opts.write_photos else None,
@@ -1227,11 +1231,16 @@ class Enhancer:
         alpha: np.ndarray | None,
         settings: str,
         ledger: EnhanceLedger | None,
+        source: bytes | None = None,
     ) -> None:
-        """Encode, record the expected output in the ledger, then replace ``dest`` atomically."""
+        """Encode, record the expected output in the ledger, then replace ``dest`` atomically.
+
+        ``source``: the bytes ``loaded`` was decoded from; the encoder settings (DPI above all)
+        come from them, not from the file at the photo's path, which may be an enhanced version.
+        """
         from hime_cli.library.writer import atomic_write, encode_image
 
-        data = encode_image(loaded, rgb, alpha)
+        data = encode_image(loaded, rgb, alpha, source=source)
         in_place = self.options.in_place
         dest_sha = None if in_place else hashlib.sha256(data).hexdigest()  # in place: the manifest's
         source_sha = None if in_place else file_sha256(plan.source)

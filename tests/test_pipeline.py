@@ -358,6 +358,43 @@ def test_in_place_batch_survives_fifo_loop_and_alias(assets: Path, photos: Path)
     assert report.faces_enhanced == 1 and Image.open(photos / "a.jpg").size == (512, 512)
 
 
+@pytest.mark.slow
+def test_out_from_a_photo_enhanced_in_place_scales_dpi_once(
+    assets: Path, photos: Path, tmp_path: Path
+) -> None:
+    """#11 D11: --out on a photo enhanced in place earlier read the DPI of the enhanced file."""
+    target = photos / "a.jpg"
+    Image.fromarray(small_astronaut()).save(target, quality=92, dpi=(300, 300))
+    refs = assets / "refs"
+    assert enhance([target], _options(assets, in_place=True, refs_dir=refs)).count("done") == 1
+    with Image.open(target) as im:
+        assert tuple(round(v) for v in im.info["dpi"]) == (1200, 1200)
+    out = tmp_path / "out"
+    assert enhance([target], _options(assets, out_dir=out, refs_dir=refs)).count("done") == 1
+    with Image.open(out / "a.jpg") as im:
+        assert im.size == (512, 512) and tuple(round(v) for v in im.info["dpi"]) == (1200, 1200)
+
+
+@pytest.mark.slow
+def test_edit_after_restore_survives_a_second_in_place_run(assets: Path, photos: Path) -> None:
+    """#11 D1 end to end: enhance in place, restore, edit, enhance in place, restore: the edit is back."""
+    from hime_cli.library.backup import restore
+
+    target = photos / "a.jpg"
+    refs = assets / "refs"
+    assert enhance([target], _options(assets, in_place=True, refs_dir=refs)).count("done") == 1
+    assert restore([target]).ok
+    edited = np.asarray(Image.open(target).convert("RGB")).copy()
+    edited[:8] = 255  # the user's edit: a white band at the top
+    Image.fromarray(edited).save(target, quality=95)
+    edit = target.read_bytes()
+    assert enhance([target], _options(assets, in_place=True, refs_dir=refs)).count("done") == 1
+    out = np.asarray(Image.open(target).convert("RGB"))
+    assert out.shape == (512, 512, 3) and out[:24].mean() > 240  # built from the edit
+    assert restore([target]).ok
+    assert target.read_bytes() == edit
+
+
 def test_compare_only_writes_sheets(assets: Path, photos: Path, tmp_path: Path) -> None:
     sheets = tmp_path / "sheets"
     report = enhance(

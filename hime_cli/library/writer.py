@@ -36,6 +36,7 @@ import dataclasses
 import errno
 import io
 import logging
+import math
 import os
 import re
 import secrets
@@ -217,9 +218,19 @@ def save_image(
 
 
 def encode_image(
-    loaded: LoadedImage, rgb: np.ndarray, alpha: np.ndarray | None, *, quality: int | None = None
+    loaded: LoadedImage,
+    rgb: np.ndarray,
+    alpha: np.ndarray | None,
+    *,
+    quality: int | None = None,
+    source: bytes | None = None,
 ) -> bytes:
-    """The bytes :func:`save_image` would write (no file touched)."""
+    """The bytes :func:`save_image` would write (no file touched).
+
+    ``source``: the bytes ``loaded`` was decoded from, when the file at ``loaded.path`` may not
+    hold them any more (a photo hime enhanced in place is loaded from its backup): the encoder
+    settings (JPEG tables, DPI, comments) are read from them instead of from that file.
+    """
     rgb = np.asarray(rgb)
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.shape[0] < 1 or rgb.shape[1] < 1:
         raise ImageWriteError(f"expected an (H, W, 3) image, got shape {rgb.shape}")
@@ -239,22 +250,22 @@ def encode_image(
         raise ImageWriteError(f"quality must be within 1..100, got {quality}")
     height, width = rgb.shape[:2]
     alpha = _resolve_alpha(loaded, alpha, height, width)
-    source = _SourceInfo.read(loaded.path, fmt)
-    if source.dpi:
+    source_info = _SourceInfo.read(loaded.path, fmt, data=source)
+    if source_info.dpi:
         # Keep the physical print size: an upscaled photo gets proportionally more dots per inch.
         # (DPI is stored for the file's own axes; turned 90°, x and y swap.)
-        dpi_x, dpi_y = source.dpi if loaded.orientation < 5 else source.dpi[::-1]
+        dpi_x, dpi_y = source_info.dpi if loaded.orientation < 5 else source_info.dpi[::-1]
         scaled = (dpi_x * width / loaded.width, dpi_y * height / loaded.height)
-        source = dataclasses.replace(source, dpi=scaled)
+        source_info = dataclasses.replace(source_info, dpi=scaled)
     meta = _Metadata(
         exif=patch_exif(loaded.exif, width, height, drop_thumbnail=loaded.orientation != 1),
         icc=loaded.icc_profile,
-        xmp=patch_xmp(loaded.xmp, width, height),
+        xmp=patch_xmp(loaded.xmp, width, height, loaded.orientation),
     )
     buf = io.BytesIO()
     writer = _WRITERS[fmt]
     try:
-        writer(buf, loaded, rgb, alpha, meta, source, quality)
+        writer(buf, loaded, rgb, alpha, meta, source_info, quality)
     except ImageWriteError:
         raise
     except Exception as exc:  # Pillow/pillow-heif/ImageCms raise many types
@@ -458,10 +469,16 @@ def patch_exif(exif: bytes | None, width: int, height: int, *, drop_thumbnail: b
         ) from exc
 
 
-def patch_xmp(xmp: bytes | None, width: int, height: int) -> bytes | None:
-    """XMP with tiff:Orientation = 1 and exif:PixelX/YDimension, tiff:ImageWidth/Length updated."""
+def patch_xmp(xmp: bytes | None, width: int, height: int, orientation: int = 1) -> bytes | None:
+    """XMP with tiff:Orientation = 1 and exif:PixelX/YDimension, tiff:ImageWidth/Length updated.
+
+    MWG face regions (``mwg-rs``) follow the pixels: their normalised areas are relative to the
+    stored image, so when the EXIF ``orientation`` was baked into the pixels they are turned
+    the same way, and ``mwg-rs:AppliedToDimensions`` is set to the new size.
+    """
     if not xmp:
         return None
+    xmp = _patch_mwg_regions(xmp, width, height, orientation)
     values = {
         b"tiff:Orientation": b"1",
         b"exif:PixelXDimension": str(width).encode(),
@@ -481,6 +498,76 @@ def patch_xmp(xmp: bytes | None, width: int, height: int) -> bytes | None:
     return out
 
 
+def orient_point(x: float, y: float, orientation: int) -> tuple[float, float]:
+    """A normalised point of the stored image → the same point of the upright image
+    (the mapping :func:`hime_cli.library.reader.apply_orientation` applies to the pixels)."""
+    return {
+        2: (1.0 - x, y),
+        3: (1.0 - x, 1.0 - y),
+        4: (x, 1.0 - y),
+        5: (y, x),
+        6: (1.0 - y, x),
+        7: (1.0 - y, 1.0 - x),
+        8: (y, 1.0 - x),
+    }.get(orientation, (x, y))
+
+
+_NUMBER = rb"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?"
+
+
+def _xmp_field(block: bytes, name: bytes) -> tuple[re.Match[bytes] | None, float | None]:
+    """The value of ``name`` (e.g. ``stArea:x``) in an XMP block, in attribute or element form."""
+    k = re.escape(name)
+    for pattern in (
+        rb"(" + k + rb"\s*=\s*[\"'])\s*(" + _NUMBER + rb")\s*([\"'])",
+        rb"(<" + k + rb">)\s*(" + _NUMBER + rb")\s*(</" + k + rb">)",
+    ):
+        match = re.search(pattern, block)
+        if match:
+            try:
+                return match, float(match.group(2))
+            except ValueError:
+                return None, None
+    return None, None
+
+
+def _set_fields(block: bytes, values: dict[bytes, str]) -> bytes:
+    for name, value in values.items():
+        match, _ = _xmp_field(block, name)
+        if match is not None:
+            block = block[: match.start(2)] + value.encode() + block[match.end(2) :]
+    return block
+
+
+def _fmt(v: float) -> str:
+    return f"{min(max(v, 0.0), 1.0):.6f}".rstrip("0").rstrip(".") or "0"
+
+
+def _patch_mwg_regions(xmp: bytes, width: int, height: int, orientation: int) -> bytes:
+    if b"mwg-rs:" not in xmp:
+        return xmp
+
+    def area(match: re.Match[bytes]) -> bytes:
+        block = match.group(0)
+        if orientation in (1, 0) or b"pixel" in block:  # only normalised areas are relative
+            return block
+        fields = {n: _xmp_field(block, b"stArea:" + n)[1] for n in (b"x", b"y", b"w", b"h")}
+        if fields[b"x"] is None or fields[b"y"] is None:
+            return block
+        x, y = orient_point(fields[b"x"], fields[b"y"], orientation)
+        values = {b"stArea:x": _fmt(x), b"stArea:y": _fmt(y)}
+        if orientation >= 5 and fields[b"w"] is not None and fields[b"h"] is not None:
+            values[b"stArea:w"], values[b"stArea:h"] = _fmt(fields[b"h"]), _fmt(fields[b"w"])
+        return _set_fields(block, values)
+
+    def dims(match: re.Match[bytes]) -> bytes:
+        return _set_fields(match.group(0), {b"stDim:w": str(width), b"stDim:h": str(height)})
+
+    element = rb"<mwg-rs:{0}\b(?:[^>]*/>|.*?</mwg-rs:{0}>)"
+    out = re.sub(element.replace(b"{0}", b"Area"), area, xmp, flags=re.S)
+    return re.sub(element.replace(b"{0}", b"AppliedToDimensions"), dims, out, flags=re.S)
+
+
 # ======================================================================= what the source file used
 
 
@@ -498,24 +585,26 @@ class _SourceInfo:
     webp_lossless: bool = False
 
     @classmethod
-    def read(cls, path: Path, fmt: str) -> _SourceInfo:
+    def read(cls, path: Path, fmt: str, *, data: bytes | None = None) -> _SourceInfo:
+        """From ``data`` (the original's bytes) when given, else from the file at ``path``."""
         try:
-            with open(path, "rb") as fh:
-                head = fh.read(64)
-            return cls._read(path, fmt, head)
+            if data is None:
+                with open(path, "rb") as fh:
+                    data = fh.read()
+            return cls._read(data, fmt)
         except Exception as exc:  # the original may be gone or unreadable: use defaults
             logger.debug("cannot read encoder settings from %s: %s", path, exc)
             return cls()
 
     @classmethod
-    def _read(cls, path: Path, fmt: str, head: bytes) -> _SourceInfo:
+    def _read(cls, data: bytes, fmt: str) -> _SourceInfo:
         from PIL import Image
 
         if fmt == "WEBP":
-            return cls(webp_lossless=_webp_is_lossless(path))
+            return cls(webp_lossless=_webp_is_lossless(data))
         if fmt not in ("JPEG", "PNG", "TIFF"):
             return cls()
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             dpi = im.info.get("dpi")
             dpi = (float(dpi[0]), float(dpi[1])) if dpi and len(dpi) == 2 and dpi[0] and dpi[1] else None
             if fmt == "JPEG" and im.format in ("JPEG", "MPO"):
@@ -533,7 +622,7 @@ class _SourceInfo:
                     quantization=quant,
                     subsampling=JpegImagePlugin.get_sampling(im),
                     progressive=bool(im.info.get("progressive") or im.info.get("progression")),
-                    dpi=dpi,
+                    dpi=_jpeg_dpi(im),
                     comment=comment if isinstance(comment, bytes) and comment else None,
                     app13=app13,
                 )
@@ -548,10 +637,35 @@ class _SourceInfo:
         return cls()
 
 
-def _webp_is_lossless(path: Path) -> bool:
+def _jpeg_dpi(im: Any) -> tuple[float, float] | None:
+    """A JPEG's physical resolution, or None when it records none.
+
+    Pillow's ``info["dpi"]`` is not used as is: for a JFIF density without a unit (an aspect
+    ratio, usually 1:1) it falls back on EXIF, and on 72 dpi when EXIF has no resolution, so an
+    upscaled photo was stamped "4 dpi" or "288 dpi" for a resolution the original never had.
+    """
+    unit, density = im.info.get("jfif_unit"), im.info.get("jfif_density")
+    if unit in (1, 2) and density and len(density) == 2 and density[0] > 0 and density[1] > 0:
+        factor = 2.54 if unit == 2 else 1.0
+        return float(density[0]) * factor, float(density[1]) * factor
+    try:
+        exif = im.getexif()
+        res_unit = int(exif.get(0x0128, 2))  # TIFF's default unit: inches
+        x_res, y_res = exif.get(0x011A), exif.get(0x011B, exif.get(0x011A))
+        if res_unit not in (2, 3) or x_res is None or y_res is None:
+            return None
+        x, y = float(x_res), float(y_res)
+    except Exception:
+        return None
+    if not (math.isfinite(x) and math.isfinite(y)) or x <= 1 or y <= 1:
+        return None
+    factor = 2.54 if res_unit == 3 else 1.0
+    return x * factor, y * factor
+
+
+def _webp_is_lossless(data: bytes) -> bool:
     """True when the WebP's image chunk is VP8L (lossless)."""
-    with open(path, "rb") as fh:
-        data = fh.read(1 << 20)
+    data = data[: 1 << 20]
     if data[:4] != b"RIFF" or data[8:12] != b"WEBP":
         return False
     pos = 12

@@ -299,6 +299,84 @@ def test_patch_xmp_attribute_and_element_forms() -> None:
     assert b'exif:PixelXDimension="10"' in out
 
 
+REGIONS_STORED_6 = (  # as portrait-orientation-6.jpg of the immich test assets stores them (700 x 840)
+    b"<x:xmpmeta xmlns:x='adobe:ns:meta/'><rdf:RDF xmlns:rdf='http://www.w3.org/1999/02/22-rdf-syntax-ns#'>"
+    b"<rdf:Description rdf:about='' xmlns:mwg-rs='http://www.metadataworkinggroup.com/schemas/regions/'"
+    b" xmlns:stArea='http://ns.adobe.com/xmp/sType/Area#' xmlns:stDim='http://ns.adobe.com/xap/1.0/sType/Dimensions#'>"
+    b"<mwg-rs:Regions rdf:parseType='Resource'><mwg-rs:AppliedToDimensions rdf:parseType='Resource'>"
+    b"<stDim:h>840</stDim:h><stDim:unit>pixel</stDim:unit><stDim:w>700</stDim:w></mwg-rs:AppliedToDimensions>"
+    b"<mwg-rs:RegionList><rdf:Bag><rdf:li rdf:parseType='Resource'><mwg-rs:Area rdf:parseType='Resource'>"
+    b"<stArea:h>0.113095</stArea:h><stArea:unit>normalized</stArea:unit><stArea:w>0.198571</stArea:w>"
+    b"<stArea:x>0.307857</stArea:x><stArea:y>0.631548</stArea:y></mwg-rs:Area>"
+    b"<mwg-rs:Name>Marie Curie</mwg-rs:Name></rdf:li>"
+    b"<rdf:li><rdf:Description mwg-rs:Name='Pierre Curie'><mwg-rs:Area stArea:x='0.239286' stArea:y='0.3125'"
+    b" stArea:w='0.241429' stArea:h='0.0964286' stArea:unit='normalized'/></rdf:Description></rdf:li>"
+    b"</rdf:Bag></mwg-rs:RegionList></mwg-rs:Regions></rdf:Description></rdf:RDF></x:xmpmeta>"
+)
+
+
+def _areas(xmp: bytes) -> list[dict[str, float]]:
+    import re
+
+    areas = []
+    for block in re.findall(rb"<mwg-rs:Area\b(?:[^>]*/>|.*?</mwg-rs:Area>)", xmp, flags=re.S):
+        values = {}
+        for key in ("x", "y", "w", "h"):
+            m = re.search(rb"stArea:" + key.encode() + rb"(?:\s*=\s*['\"]|>)([0-9.]+)", block)
+            values[key] = float(m.group(1))
+        areas.append(values)
+    return areas
+
+
+def test_mwg_face_regions_follow_the_baked_in_orientation() -> None:
+    """#11 D6: XMP face regions were not turned with the pixels; AppliedToDimensions kept the old size."""
+    out = patch_xmp(REGIONS_STORED_6, 840 * 4, 700 * 4, 6)
+    marie, pierre = _areas(out)
+    # what the same portrait stored upright (portrait.jpg) records for Marie Curie
+    assert marie == pytest.approx({"x": 0.368452, "y": 0.307857, "w": 0.113095, "h": 0.198571}, abs=1e-6)
+    assert pierre == pytest.approx({"x": 0.6875, "y": 0.239286, "w": 0.0964286, "h": 0.241429}, abs=1e-6)
+    assert b"<stDim:w>3360</stDim:w>" in out and b"<stDim:h>2800</stDim:h>" in out
+    assert b"Marie Curie" in out and b"Pierre Curie" in out
+    unturned = patch_xmp(REGIONS_STORED_6, 1400, 1680, 1)  # upright already: only the size changes
+    assert _areas(unturned) == _areas(REGIONS_STORED_6) and b"<stDim:w>1400</stDim:w>" in unturned
+    for orientation in range(1, 9):  # every orientation maps the region centre like the pixels
+        from hime_cli.library.reader import apply_orientation
+        from hime_cli.library.writer import orient_point
+
+        grid = np.zeros((4, 6), np.uint8)
+        grid[1, 4] = 1  # the pixel centred at x = 4.5 / 6, y = 1.5 / 4
+        upright = apply_orientation(grid, orientation)
+        row, col = (int(v[0]) for v in np.nonzero(upright))
+        expected = ((col + 0.5) / upright.shape[1], (row + 0.5) / upright.shape[0])
+        assert orient_point(4.5 / 6, 1.5 / 4, orientation) == pytest.approx(expected)
+
+
+def test_writer_turns_the_regions_of_an_oriented_jpeg(tmp_path) -> None:
+    src = tmp_path / "o6.jpg"
+    Image.fromarray(smooth_rgb(40, 30)).save(src, exif=camera_exif(6, 30, 40), xmp=REGIONS_STORED_6)
+    loaded = load_image(src)
+    assert (loaded.width, loaded.height) == (40, 30)
+    out = load_image_bytes(encode_image(loaded, loaded.rgb, None), tmp_path)
+    assert _areas(out.xmp)[0] == pytest.approx({"x": 0.368452, "y": 0.307857, "w": 0.113095, "h": 0.198571})
+    assert b"<stDim:w>40</stDim:w>" in out.xmp
+
+
+def load_image_bytes(data: bytes, tmp_path: Path):
+    path = tmp_path / "written.jpg"
+    path.write_bytes(data)
+    return load_image(path)
+
+
+@pytest.mark.data
+def test_real_mwg_regions_match_the_upright_copy(shared_data, tmp_path) -> None:
+    faces = shared_data / "photos" / "immich_test_assets" / "metadata" / "faces"
+    loaded = load_image(faces / "portrait-orientation-6.jpg")
+    save_image(loaded, loaded.rgb, None, tmp_path / "p.jpg")
+    written = _areas(load_image(tmp_path / "p.jpg").xmp)
+    reference = _areas(load_image(faces / "portrait.jpg").xmp)
+    assert written == [pytest.approx(r, abs=1e-5) for r in reference]
+
+
 # ------------------------------------------------------------------------- atomic writes
 
 
@@ -422,3 +500,44 @@ def test_upscaled_photo_keeps_its_print_size(tmp_path) -> None:
     save_image(loaded, big, None, tmp_path / "big.jpg")
     with Image.open(tmp_path / "big.jpg") as im:
         assert im.size == (128, 96) and tuple(round(v) for v in im.info["dpi"]) == (600, 600)
+
+
+def _jfif(data: bytes) -> tuple[int, tuple[int, int]]:
+    """(unit, density) of a JPEG's JFIF header."""
+    i = data.index(b"JFIF\x00")
+    return data[i + 7], (
+        int.from_bytes(data[i + 8 : i + 10], "big"),
+        int.from_bytes(data[i + 10 : i + 12], "big"),
+    )
+
+
+@pytest.mark.parametrize("exif_resolution", [None, (1, 1)], ids=["no-exif-resolution", "exif-no-unit"])
+def test_jfif_density_without_a_unit_gets_no_invented_dpi(tmp_path, exif_resolution) -> None:
+    """#11 D17: a JFIF density with no unit (an aspect ratio) became "4 dpi" (or 288) at x4."""
+    exif = Image.Exif()
+    exif[ExifTags.Base.Make] = "Scanner"
+    if exif_resolution is not None:
+        exif[ExifTags.Base.ResolutionUnit] = exif_resolution[0]  # 1: no absolute unit
+        exif[ExifTags.Base.XResolution] = exif_resolution[1]
+        exif[ExifTags.Base.YResolution] = exif_resolution[1]
+    src = tmp_path / "aspect.jpg"
+    Image.fromarray(smooth_rgb()).save(src, quality=90, exif=exif.tobytes())  # JFIF unit 0, 1:1
+    assert _jfif(src.read_bytes()) == (0, (1, 1))
+    loaded = load_image(src)
+    big = np.repeat(np.repeat(loaded.rgb, 4, 0), 4, 1)
+    unit, _ = _jfif(encode_image(loaded, big, None))
+    assert unit == 0  # still no physical resolution claimed
+
+
+def test_dpi_comes_from_the_original_bytes_not_the_file_now_at_the_path(tmp_path) -> None:
+    """#11 D11: DPI was scaled twice when the file at the path was already an enhanced version."""
+    src = tmp_path / "p.jpg"
+    Image.fromarray(smooth_rgb()).save(src, quality=90, dpi=(300, 300))
+    original = src.read_bytes()
+    loaded = load_image(src)
+    Image.fromarray(smooth_rgb(96, 128)).save(src, quality=90, dpi=(600, 600))  # enhanced in place since
+    big = np.repeat(np.repeat(loaded.rgb, 2, 0), 2, 1)
+    out = tmp_path / "out.jpg"
+    out.write_bytes(encode_image(loaded, big, None, source=original))
+    with Image.open(out) as im:
+        assert tuple(round(v) for v in im.info["dpi"]) == (600, 600)  # 300 x 2, not 600 x 2
