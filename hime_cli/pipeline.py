@@ -51,7 +51,7 @@ import numpy as np
 from hime_cli.errors import HimeError, StoreDamagedError, UsageError
 from hime_cli.faces.align import alignment_matrix, warp_to_crop
 from hime_cli.identities.exemplars import APPEARANCE_POOL, order_by_appearance
-from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, translate
+from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, move_aside, translate
 from hime_cli.luma import luma
 from hime_cli.paths import get_paths
 from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
@@ -559,17 +559,6 @@ class EnhanceLedger:
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-
-
-def move_aside(path: Path) -> Path:
-    """Rename a damaged database (and its -wal/-shm) to ``<name>.damaged-<UTC time>``; returns the new path."""
-    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    aside = path.with_name(f"{path.name}.damaged-{stamp}")
-    for suffix in ("", "-wal", "-shm"):
-        src = Path(str(path) + suffix)
-        if src.exists():
-            os.replace(src, Path(str(aside) + suffix))
-    return aside
 
 
 # ---------------------------------------------------------------------------------- faces

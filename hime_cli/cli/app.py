@@ -5,7 +5,19 @@ from __future__ import annotations
 import typer
 
 from hime_cli import __version__
-from hime_cli.cli import bench, clusters, enhance, evaluate, faces, models, restore, scan, system, train
+from hime_cli.cli import (
+    bench,
+    clusters,
+    doctor,
+    enhance,
+    evaluate,
+    faces,
+    models,
+    restore,
+    scan,
+    system,
+    train,
+)
 
 app = typer.Typer(
     name="hime",
@@ -39,6 +51,7 @@ clusters.register(app)
 enhance.register(app)
 models.register(app)
 restore.register(app)
+doctor.register(app)
 train.register(app)
 evaluate.register(app)
 bench.register(app)

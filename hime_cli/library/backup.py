@@ -48,6 +48,15 @@ from hime_cli.types import LoadedImage
 
 __all__ = [
     "BackupError",
+    "BackupLockedError",
+    "Finding",
+    "check_store",
+    "in_place_run_lock",
+    "load_original_with_bytes",
+    "manifest_path",
+    "sidecar_records",
+    "store_lock",
+    "written_in_place",
     "BackupRecord",
     "RestoreReport",
     "backup_original",
@@ -814,6 +823,180 @@ def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> Non
         elif rec.state in ("pending", "replaced"):
             _update(key, rec.sha256, state="restored", allow_damaged=True)
     out.restored.append(key)
+
+
+# ------------------------------------------------------------------------------- hime doctor
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One thing ``hime doctor`` checked: ``status`` ok | problem | repaired."""
+
+    what: str
+    status: str
+    detail: str
+    repair: str | None = None  # what --repair does (problem) or did (repaired)
+
+
+def _object_files() -> list[Path]:
+    objects = _backups_dir() / "objects"
+    if not objects.is_dir():
+        return []
+    return [
+        p
+        for p in objects.glob("*/*")
+        if p.is_file() and not p.name.endswith(".json") and TEMP_MARKER not in p.name
+    ]
+
+
+def _insert_record(db: sqlite3.Connection, rec: BackupRecord) -> None:
+    db.execute(
+        "INSERT OR REPLACE INTO backups (original_path, sha256, size_bytes, mode, mtime_ns, created_at,"
+        " replaced_sha256, state, restored_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        (
+            str(rec.original_path), rec.sha256, rec.size_bytes, rec.mode, rec.mtime_ns, rec.created_at,
+            rec.replaced_sha256, rec.state, rec.restored_at,
+        ),
+    )  # fmt: skip
+
+
+def check_store(*, repair: bool = False) -> list[Finding]:
+    """Check the backup store: the manifest, its sidecar records, every object's sha256, stale temps.
+
+    Says what ``repair`` does, and with ``repair`` does it: rebuild a damaged manifest from the
+    sidecar records (the damaged file is kept aside), write missing sidecars (backups made before
+    hime kept them) or manifest rows, re-store a damaged object from the photo when that still is
+    the original, remove temp files of killed runs. Never deletes a backup.
+    """
+    from hime_cli.library.sqlite_store import check_database, move_aside
+
+    folder = _backups_dir()
+    if not folder.is_dir():
+        return [Finding("backups", "ok", "no backups yet")]
+    findings: list[Finding] = []
+    lock = store_lock() if repair else contextlib.nullcontext()
+    with lock:
+        manifest = manifest_path()
+        sidecars = {(r.original_path, r.sha256): r for r in sidecar_records()}
+        problem = check_database(manifest) if manifest.exists() else None
+        if problem is not None and problem.startswith("empty") and not sidecars:
+            problem = None
+        rows: dict[tuple[Path, str], BackupRecord] = {}
+        if problem is None and manifest.exists():
+            try:
+                with _manifest() as db:
+                    rows = {
+                        (r.original_path, r.sha256): r
+                        for r in map(_record, db.execute(f"SELECT {_COLUMNS} FROM backups").fetchall())
+                    }
+            except HimeError as exc:
+                problem = exc.message
+        if problem is not None:
+            action = f"move it aside and rebuild it from {len(sidecars)} sidecar records"
+            if repair:
+                aside = move_aside(manifest)
+                with _manifest() as db:
+                    db.execute("BEGIN IMMEDIATE")
+                    for rec in sidecars.values():
+                        _insert_record(db, rec)
+                    db.execute("COMMIT")
+                rows = dict(sidecars)
+                findings.append(
+                    Finding(
+                        "backup manifest",
+                        "repaired",
+                        f"was damaged ({problem})",
+                        f"{action}; kept {aside.name}",
+                    )
+                )
+            else:
+                findings.append(Finding("backup manifest", "problem", f"damaged ({problem})", action))
+        else:
+            findings.append(Finding("backup manifest", "ok", f"{len(rows)} backups recorded"))
+
+        unmirrored = [
+            r for k, r in rows.items() if sidecars.get(k) != dataclasses.replace(r, already_replaced=False)
+        ]
+        unlisted = [r for k, r in sidecars.items() if k not in rows]
+        if unmirrored or unlisted:
+            detail = f"{len(unmirrored)} backups without an up-to-date sidecar record, {len(unlisted)} records not in the manifest"
+            action = "write the sidecar records from the manifest, and add the missing rows"
+            if repair:
+                for rec in unmirrored:
+                    _write_sidecar(rec)
+                if unlisted:
+                    with _manifest() as db:
+                        db.execute("BEGIN IMMEDIATE")
+                        for rec in unlisted:
+                            _insert_record(db, rec)
+                        db.execute("COMMIT")
+                findings.append(Finding("backup records", "repaired", detail, action))
+            else:
+                findings.append(Finding("backup records", "problem", detail, action))
+        else:
+            findings.append(Finding("backup records", "ok", "every backup has its sidecar record"))
+
+        records = {**sidecars, **rows}
+        damaged: list[BackupRecord] = []
+        for sha, recs in _by_object(records.values()).items():
+            try:
+                _verify_object(sha, recs[0].size_bytes)
+            except BackupError:
+                damaged.extend(recs)
+        if damaged:
+            fixed, lost = [], []
+            for rec in damaged:
+                source = rec.original_path
+                can = source.is_file() and _sha256_file(source) == rec.sha256
+                if can and repair:
+                    _store_object(source)
+                    fixed.append(rec)
+                elif not can:
+                    lost.append(rec)
+            names = ", ".join(str(r.original_path) for r in (lost or damaged)[:3])
+            detail = f"{len(damaged)} backups damaged or missing ({names}{', …' if len(damaged) > 3 else ''})"
+            if lost:
+                findings.append(
+                    Finding(
+                        "backup objects", "problem", detail, f"none for {len(lost)}: their originals are gone"
+                    )
+                )
+            elif repair:
+                findings.append(Finding("backup objects", "repaired", detail, "copied again from the photos"))
+            else:
+                findings.append(
+                    Finding("backup objects", "problem", detail, "copy them again from the photos")
+                )
+        else:
+            known = {r.sha256 for r in records.values()}
+            orphans = [p for p in _object_files() if p.name not in known]
+            extra = f"; {len(orphans)} objects with no record (kept)" if orphans else ""
+            findings.append(Finding("backup objects", "ok", f"{len(known)} objects verify (sha256){extra}"))
+
+        temps = [p for p in (folder / "objects").rglob(f"*{TEMP_MARKER}*") if p.is_file()]
+        if temps:
+            if repair:
+                removed = sum(len(cleanup_stale_temps(sub)) for sub in {p.parent for p in temps})
+                busy = f"; {len(temps) - removed} belong to a running hime" if removed < len(temps) else ""
+                findings.append(
+                    Finding(
+                        "backup temp files", "repaired", f"{len(temps)} found", f"removed {removed}{busy}"
+                    )
+                )
+            else:
+                findings.append(
+                    Finding(
+                        "backup temp files", "problem", f"{len(temps)} left by killed runs", "remove them"
+                    )
+                )
+    return findings
+
+
+def _by_object(records: Iterable[BackupRecord]) -> dict[str, list[BackupRecord]]:
+    out: dict[str, list[BackupRecord]] = {}
+    for rec in records:
+        out.setdefault(rec.sha256, []).append(rec)
+    return out
 
 
 def stale_temp_files(folder: Path) -> list[Path]:

@@ -10,6 +10,7 @@ raise into one :class:`~hime_cli.errors.HimeError` with a hint (never a raw trac
 
 from __future__ import annotations
 
+import os
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -18,7 +19,15 @@ from pathlib import Path
 
 from hime_cli.errors import HimeError, StoreDamagedError
 
-__all__ = ["StoreMigration", "apply_migrations", "current_version", "is_damage", "translate"]
+__all__ = [
+    "StoreMigration",
+    "apply_migrations",
+    "check_database",
+    "current_version",
+    "is_damage",
+    "move_aside",
+    "translate",
+]
 
 # sqlite3 primary result codes (https://www.sqlite.org/rescode.html)
 _SQLITE_CORRUPT = 11
@@ -123,3 +132,39 @@ def translate(exc: sqlite3.Error, path: Path, what: str, *, repair_hint: str) ->
     if code == _SQLITE_IOERR or "disk i/o" in lowered:
         return HimeError(f"input/output error on the {what} {path} ({text}).", hint="check the disk.")
     return HimeError(f"the {what} {path} cannot be used ({text}).", hint=repair_hint)
+
+
+def move_aside(path: Path) -> Path:
+    """Rename a damaged database (and its -wal/-shm) to ``<name>.damaged-<UTC time>``; returns the new path.
+
+    Nothing is deleted: the file stays next to where it was, for a later look or a manual rescue.
+    """
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    aside = path.with_name(f"{path.name}.damaged-{stamp}")
+    for suffix in ("", "-wal", "-shm"):
+        src = Path(str(path) + suffix)
+        if src.exists():
+            os.replace(src, Path(str(aside) + suffix))
+    return aside
+
+
+def check_database(path: Path) -> str | None:
+    """None when the SQLite file at ``path`` passes ``PRAGMA quick_check``; else what is wrong.
+
+    Opens it read-only (never creates, migrates or checkpoints anything).
+    """
+    try:
+        if path.stat().st_size == 0:
+            return "empty file (0 bytes)"
+        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True, timeout=5.0)
+    except OSError as exc:
+        return f"cannot read it: {exc.strerror or exc}"
+    except sqlite3.Error as exc:
+        return str(exc)
+    try:
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check").fetchall()]
+    except sqlite3.Error as exc:
+        return str(exc)
+    finally:
+        conn.close()
+    return None if rows == ["ok"] else "; ".join(str(r) for r in rows[:3])
