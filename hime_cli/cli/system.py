@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import typer
 
-from hime_cli.cli.common import out, print_json
+from hime_cli.cli.common import handle_errors, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
     @app.command("paths")
+    @handle_errors
     def paths_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Print where hime keeps its index, caches and weights (HIME_HOME overrides all)."""
         from hime_cli.paths import get_paths
@@ -23,9 +24,10 @@ def register(app: typer.Typer) -> None:
             "weights": str(p.weights_dir),
             "hf_cache": str(p.hf_cache_dir),
             "backups": str(p.backups_dir),
+            "ledger": str(p.data_dir / "enhance-ledger.sqlite3"),
         }
         if json_out:
             print_json(rows)
             return
         for key, value in rows.items():
-            out.print(f"[bold]{key:9}[/] {value}", highlight=False)
+            out.print(f"[bold]{key:9}[/] {safe(value)}", highlight=False)

@@ -269,6 +269,33 @@ def test_two_concurrent_replacements_of_one_photo_are_serialised(tmp_path) -> No
     assert restore([photo]).ok and photo.read_bytes() == b"original bytes"
 
 
+def test_full_disk_is_one_clear_error_and_nothing_is_replaced(tmp_path, monkeypatch) -> None:
+    """#11 D7: a full disk under HIME_HOME is a BackupError with a hint, not a traceback."""
+    import errno
+
+    from hime_cli.library.sqlite_store import translate
+
+    photo = tmp_path / "p.jpg"
+    photo.write_bytes(b"original bytes")
+
+    def no_space(fd: int) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "fsync", no_space)
+    with pytest.raises(backup.BackupError) as info:
+        replace_in_place(photo, write_new(b"original bytes"))
+    assert "free some disk space" in info.value.hint
+    assert photo.read_bytes() == b"original bytes" and temps(tmp_path) == []
+    monkeypatch.undo()
+    error = translate(
+        sqlite3.OperationalError("database or disk is full"),
+        tmp_path / "m",
+        "backup manifest",
+        repair_hint="x",
+    )
+    assert "disk is full" in error.message and error.hint == "free some disk space."
+
+
 # --------------------------------------------------------------------------- SIGKILL test
 
 WORKER = r"""
