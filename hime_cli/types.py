@@ -65,6 +65,15 @@ class Face:
     sharpness: float
     embedding: np.ndarray | None = None  # (128,) float32
     identity_id: int | None = None
+    # The scan's quality gate (faces.quality): "good", "poor" (real but weak: never an exemplar),
+    # "reject" (not a face); None for a face indexed before the gate existed.
+    quality: str | None = None
+    rejected: bool = False  # the user said "not a face" (hime faces reject)
+
+    @property
+    def usable(self) -> bool:
+        """A face that may guide super-resolution or define a person: not rejected, not poor."""
+        return not self.rejected and self.quality in (None, "good")
 
 
 @dataclass(frozen=True)
@@ -84,6 +93,7 @@ class Identity:
     id: int
     name: str | None
     face_ids: tuple[int, ...] = field(default_factory=tuple)
+    hidden: bool = False
 
 
 @dataclass(frozen=True)

@@ -41,13 +41,14 @@ class DlibEmbedder:
     name = "dlib"
     dim = 128
 
-    def __init__(self, jitter: int = 0) -> None:
+    def __init__(self, jitter: int = 0, flip: bool = False) -> None:
         import dlib
 
         self._dlib = dlib
         self._rec = dlib.face_recognition_model_v1(_model_file("dlib_face_recognition_resnet_model_v1.dat"))
         self._pose = dlib.shape_predictor(_model_file("shape_predictor_5_face_landmarks.dat"))
         self._jitter = jitter
+        self._flip = flip
         self._lock = threading.Lock()
 
     def _shape(self, image: np.ndarray, face: DetectedFace):  # -> dlib.full_object_detection
@@ -57,8 +58,16 @@ class DlibEmbedder:
         return self._pose(image, rect)
 
     def embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
+        """(N, 128) embeddings; with ``flip`` the mean of the chip's and its mirror image's."""
         if not faces:
             return np.zeros((0, self.dim), dtype=np.float32)
+        plain, mirrored = self.embed_views(rgb, faces, flip=self._flip)
+        return plain if mirrored is None else (plain + mirrored) / 2.0
+
+    def embed_views(
+        self, rgb: np.ndarray, faces: list[DetectedFace], *, flip: bool = True
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """(embeddings of the aligned chips, of their mirror images or None): one dlib call."""
         image = to_uint8(rgb)
         with self._lock:
             shapes = [self._shape(image, f) for f in faces]
@@ -66,8 +75,12 @@ class DlibEmbedder:
             chips = self._dlib.get_face_chips(
                 image, self._dlib.full_object_detections(shapes), size=150, padding=0.25
             )
+            if flip:
+                chips = list(chips) + [np.ascontiguousarray(c[:, ::-1]) for c in chips]
             vecs = self._rec.compute_face_descriptor(chips, self._jitter)
-        return np.asarray([np.asarray(v) for v in vecs], dtype=np.float32).reshape(len(faces), self.dim)
+        out = np.asarray([np.asarray(v) for v in vecs], dtype=np.float32).reshape(len(chips), self.dim)
+        n = len(faces)
+        return (out[:n], out[n:]) if flip else (out, None)
 
 
 class FacenetEmbedder:

@@ -227,3 +227,40 @@ def constrained_average_linkage(
         return c
 
     return canonical_labels(np.array([root(int(c)) for c in item_cluster]))
+
+
+def attach_to_clusters(
+    emb: np.ndarray,
+    labels: Sequence[int] | np.ndarray,
+    threshold: float,
+    forbidden: Iterable[tuple[int, int]] = (),
+) -> np.ndarray:
+    """Place items with ``labels[i] < 0`` into existing clusters, never founding one.
+
+    Each such item joins the cluster (of the items with a label >= 0) with the smallest average
+    Euclidean distance to its members, when that distance is below ``threshold`` and the pair
+    (item, label) is not in ``forbidden``; otherwise its label stays -1. Used for poor faces
+    (blurry, weak): they join a person only at a stricter distance and are never a person of their
+    own. Returns a copy of ``labels`` with the placed items filled in.
+    """
+    emb = _as_embeddings(emb)
+    labels = np.asarray(labels, dtype=np.int64).copy()
+    free = np.flatnonzero(labels < 0)
+    placed = np.flatnonzero(labels >= 0)
+    if len(free) == 0 or len(placed) == 0:
+        return labels
+    n_groups = int(labels[placed].max()) + 1
+    sums = _pairwise_distance_sums(emb[free], emb[placed], labels[placed], n_groups)
+    counts = np.bincount(labels[placed], minlength=n_groups).astype(np.float64)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        mean = sums / counts[None, :]
+    mean[:, counts == 0] = np.inf
+    blocked = {(int(i), int(g)) for i, g in forbidden}
+    for row, item in enumerate(free.tolist()):
+        for g in np.argsort(mean[row], kind="stable").tolist():
+            if not mean[row, g] < threshold:
+                break
+            if (item, g) not in blocked:
+                labels[item] = g
+                break
+    return labels

@@ -5,6 +5,7 @@ For a target face of identity X, a candidate is **eligible** when it
 - belongs to X (``identity_id`` equal to the target's; ``None == None`` lets a caller pass an
   explicit reference set, e.g. faces found in a ``--refs`` folder),
 - comes from another photo than the target (never a copy of the blurry face itself),
+- is usable (``Face.usable``): not rejected as "not a face", not poor (blurry, weak detection),
 - has a native crop resolution ``region_size(landmarks)`` of at least ``min_region`` photo
   pixels (the HR crop size: a reference smaller than the output would have to be upsampled and
   brings no detail).
@@ -114,6 +115,7 @@ def is_eligible(target: Face, candidate: Face, min_region: float) -> bool:
     """Same identity, another photo, and at least ``min_region`` native pixels."""
     return (
         candidate.id != target.id
+        and candidate.usable  # never a rejected face, never a poor one (blurry, weak detection)
         and candidate.photo_id != target.photo_id
         and candidate.identity_id == target.identity_id
         and region_size(candidate.landmarks) >= min_region
@@ -176,12 +178,12 @@ def select_exemplars(
 
 
 def exemplar_quality_order(faces: Sequence[Face], min_region: float = DEFAULT_MIN_REGION) -> list[Face]:
-    """Faces usable as exemplars (region >= ``min_region``), best first, independent of a target.
+    """Faces usable as exemplars (usable quality, region >= ``min_region``), best first, independent of a target.
 
     The same score as :func:`rank_exemplars` without the pose part (there is no target pose):
     sharpness rank 0.30, resolution 0.15, detection 0.15, renormalised.
     """
-    usable = [f for f in faces if region_size(f.landmarks) >= min_region]
+    usable = [f for f in faces if f.usable and region_size(f.landmarks) >= min_region]
     if not usable:
         return []
     w = ExemplarWeights()

@@ -32,7 +32,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hime_cli.errors import UsageError
-from hime_cli.identities.cluster import DEFAULT_THRESHOLD, cluster_embeddings, constrained_average_linkage
+from hime_cli.identities.cluster import (
+    DEFAULT_THRESHOLD,
+    attach_to_clusters,
+    cluster_embeddings,
+    constrained_average_linkage,
+)
 from hime_cli.types import Face
 
 if TYPE_CHECKING:
@@ -42,6 +47,12 @@ if TYPE_CHECKING:
 DEFAULT_THRESHOLDS: dict[str, float] = {"dlib": DEFAULT_THRESHOLD}
 # split --recluster without --threshold: this fraction of the embedder's threshold.
 RECLUSTER_TIGHTEN = 0.85
+# A poor face (blurry, weak detection: faces.quality) joins a person only this much closer than a
+# good face would, and never founds one (tuned on celeba-wild/dev: docs/clustering.md).
+POOR_TIGHTEN = 0.85
+# `clusters list` shows people with at least this many faces (Immich's default minimum is 3);
+# named people are always shown, `--all` shows everyone.
+DEFAULT_MIN_FACES = 3
 
 
 class IdentityNotFoundError(UsageError):
@@ -58,6 +69,7 @@ class ClusterReport:
     joined_existing: int  # of those, faces placed into identities that already existed
     new_identities: tuple[int, ...] = field(default_factory=tuple)
     skipped_without_embedding: int = 0
+    unplaced_poor: int = 0  # poor faces close to no one: left without an identity ("unsorted")
 
     @property
     def faces_in_new_identities(self) -> int:
@@ -176,16 +188,46 @@ def _assign(conn: sqlite3.Connection, face_ids: Sequence[int], identity_id: int,
 # ---------------------------------------------------------------------- clustering
 
 
+def judge_unjudged_faces(index: LibraryIndex) -> int:
+    """Run the quality gate on faces indexed before it existed (``quality`` NULL); returns how many.
+
+    The verdict comes from the stored score, sharpness, size and embedding, as at scan time. A
+    rejected face leaves an identity it was placed in automatically (a user's placement stays).
+    """
+    from hime_cli.faces.quality import assess
+
+    conn = index.conn
+    rows = conn.execute(
+        "SELECT f.id, f.score, f.sharpness, f.size, f.embedding, p.embedder FROM faces f"
+        " JOIN photos p ON p.id = f.photo_id WHERE f.quality IS NULL"
+    ).fetchall()
+    updates = []
+    for face_id, score, sharp, size, blob, embedder in rows:
+        emb = np.frombuffer(blob, dtype=np.float32) if blob is not None else None
+        verdict = assess(float(score), float(sharp), float(size), emb, embedder or "")
+        updates.append((verdict.level, verdict.reason, verdict.level, int(face_id)))
+    with index.transaction() as tx:
+        tx.executemany(
+            "UPDATE faces SET quality = ?, quality_reason = ?, identity_id = CASE WHEN ? = 'reject'"
+            " AND assigned_by = 'auto' THEN NULL ELSE identity_id END WHERE id = ?",
+            updates,
+        )
+    return len(updates)
+
+
 def update_identities(
     index: LibraryIndex, *, embedder: str = "dlib", threshold: float | None = None
 ) -> ClusterReport:
     """Place every face without an identity (incremental, stable; see the module docstring).
 
     Only faces of photos scanned with ``embedder`` take part (embeddings of different models are
-    not comparable). Faces without an embedding are left alone and counted.
+    not comparable). Faces without an embedding are left alone and counted. Faces that are not
+    faces (the quality gate's reject, the user's "not a face") never take part; poor faces join
+    an identity only within ``POOR_TIGHTEN`` × the threshold and never found one.
     """
     thr = threshold_for(embedder, threshold)
     with index.transaction() as conn:
+        judge_unjudged_faces(index)
         faces = list(index.iter_faces(with_embeddings=True, embedder=embedder))
         roots = _live_roots(conn)
         usable = [f for f in faces if f.embedding is not None]
@@ -200,27 +242,36 @@ def update_identities(
             if f.identity_id is not None and roots.get(f.identity_id, f.identity_id) != f.identity_id
         ]
         conn.executemany("UPDATE faces SET identity_id = ? WHERE id = ?", stale)
+        # Poor new faces wait for phase 2; everything else clusters as before.
+        poor_new = [f for f in new if f.quality == "poor"]
+        main = [f for f in usable if not (f.identity_id is None and f.quality == "poor")]
         groups = np.array(
-            [-1 if f.identity_id is None else roots.get(f.identity_id, f.identity_id) for f in usable],
+            [-1 if f.identity_id is None else roots.get(f.identity_id, f.identity_id) for f in main],
             dtype=np.int64,
         )
-        emb = np.stack([f.embedding for f in usable]).astype(np.float64)
-        apart = same_photo_pairs(usable, groups)
-        if (groups >= 0).any() or apart:
-            labels = constrained_average_linkage(emb, groups, thr, cannot_link=apart)
+        if main:
+            emb = np.stack([f.embedding for f in main]).astype(np.float64)
+            apart = same_photo_pairs(main, groups)
+            if (groups >= 0).any() or apart:
+                labels = constrained_average_linkage(emb, groups, thr, cannot_link=apart)
+            else:
+                labels = cluster_embeddings(emb, thr)  # the same partition; sklearn is lighter here
         else:
-            labels = cluster_embeddings(emb, thr)  # the same partition; sklearn is lighter here
+            labels = np.zeros(0, dtype=np.int64)
+        labels = _attach_poor(main, labels, poor_new, thr * POOR_TIGHTEN)
+        everyone = main + poor_new
+        all_groups = np.concatenate([groups, np.full(len(poor_new), -1, dtype=np.int64)])
 
         # Each cluster holds at most one existing identity (they are kept apart).
         cluster_identity: dict[int, int] = {}
-        for label, group in zip(labels.tolist(), groups.tolist(), strict=True):
+        for label, group in zip(labels.tolist(), all_groups.tolist(), strict=True):
             if group >= 0:
                 cluster_identity[label] = group
         joined = 0
         created: list[int] = []
         members: dict[int, list[int]] = {}
-        for face, label in zip(usable, labels.tolist(), strict=True):
-            if face.identity_id is None:
+        for face, label in zip(everyone, labels.tolist(), strict=True):
+            if face.identity_id is None and label >= 0:
                 members.setdefault(label, []).append(face.id)
         # Labels are canonical (order of first face id), so iterating in label order creates new
         # identities in the order of their smallest face id: deterministic ids.
@@ -233,7 +284,39 @@ def update_identities(
                 identity_id = _new_identity(conn)
                 _assign(conn, face_ids, identity_id, "auto")
                 created.append(identity_id)
-    return ClusterReport(embedder, thr, len(new), joined, tuple(created), skipped)
+        unplaced = sum(1 for label in labels[len(main) :].tolist() if label < 0)
+    return ClusterReport(embedder, thr, len(new), joined, tuple(created), skipped, unplaced)
+
+
+def _attach_poor(
+    main: Sequence[Face], labels: np.ndarray, poor: Sequence[Face], threshold: float
+) -> np.ndarray:
+    """Labels of ``main`` followed by those of the ``poor`` faces (-1: close to no one)."""
+    if not poor:
+        return labels
+    if not main:
+        return np.full(len(poor), -1, dtype=np.int64)
+    emb = np.stack([f.embedding for f in [*main, *poor]]).astype(np.float64)  # type: ignore[misc]
+    photos_of: dict[int, set[int]] = {}
+    for face, label in zip(main, labels.tolist(), strict=True):
+        photos_of.setdefault(label, set()).add(face.photo_id)
+    forbidden = [
+        (len(main) + k, label)
+        for k, face in enumerate(poor)
+        for label, photos in photos_of.items()
+        if face.photo_id in photos
+    ]
+    combined = np.concatenate([labels, np.full(len(poor), -1, dtype=np.int64)])
+    combined = attach_to_clusters(emb, combined, threshold, forbidden)
+    # Two poor faces of one photo never join one identity: the first (lower id) stays.
+    seen: set[tuple[int, int]] = set()
+    for k, face in enumerate(poor):
+        label = int(combined[len(main) + k])
+        if label >= 0:
+            if (face.photo_id, label) in seen:
+                combined[len(main) + k] = -1
+            seen.add((face.photo_id, label))
+    return combined
 
 
 def same_photo_pairs(faces: Sequence[Face], groups: np.ndarray) -> list[tuple[int, int]]:
@@ -391,9 +474,10 @@ class IdentitySummary:
     name: str | None
     faces: int
     photos: int
-    exemplars: int  # faces usable as exemplars (native crop >= the HR size)
+    exemplars: int  # usable faces (good, not rejected) whose native crop is >= the HR size
     best_face_size: float  # largest native crop region among its faces, in photo pixels
     created_at: str
+    hidden: bool = False
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -404,11 +488,56 @@ class IdentitySummary:
             "exemplars": self.exemplars,
             "best_face_size": round(self.best_face_size, 1),
             "created_at": self.created_at,
+            "hidden": self.hidden,
         }
 
 
-def list_identities(index: LibraryIndex, *, hr_size: float, min_faces: int = 1) -> list[IdentitySummary]:
+@dataclass(frozen=True)
+class PeopleView:
+    """What ``hime clusters list`` shows, and what it leaves out (counted, not listed)."""
+
+    people: list[IdentitySummary]
+    fewer_faces: int  # unnamed identities with 2 .. min_faces-1 faces, not listed
+    unsorted_faces: int  # faces seen once (unnamed singletons) or close to no one (poor, unplaced)
+    hidden: int  # hidden identities, not listed
+
+
+def list_identities(
+    index: LibraryIndex, *, hr_size: float, min_faces: int = 1, include_hidden: bool = True
+) -> list[IdentitySummary]:
     """Live identities with at least ``min_faces`` faces, most faces first (then by id)."""
+    return [
+        s
+        for s in _summaries(index, hr_size)
+        if s.faces >= max(min_faces, 1) and (include_hidden or not s.hidden)
+    ]
+
+
+def people_view(index: LibraryIndex, *, hr_size: float, min_faces: int = DEFAULT_MIN_FACES) -> PeopleView:
+    """People worth a row: not hidden, and named or with at least ``min_faces`` faces.
+
+    Everything else is counted: smaller identities, "unsorted" faces (an unnamed identity of one
+    face, or a poor face placed nowhere), hidden identities.
+    """
+    people, fewer, unsorted, hidden = [], 0, 0, 0
+    for s in _summaries(index, hr_size):
+        if s.hidden:
+            hidden += 1
+        elif s.name or s.faces >= min_faces:
+            people.append(s)
+        elif s.faces == 1:
+            unsorted += 1
+        else:
+            fewer += 1
+    unsorted += int(
+        index.conn.execute(
+            "SELECT COUNT(*) FROM faces WHERE identity_id IS NULL AND rejected = 0 AND quality = 'poor'"
+        ).fetchone()[0]
+    )
+    return PeopleView(people, fewer, unsorted, hidden)
+
+
+def _summaries(index: LibraryIndex, hr_size: float) -> list[IdentitySummary]:
     from hime_cli.faces.align import region_size
 
     faces_by_identity: dict[int, list[Face]] = {}
@@ -416,12 +545,12 @@ def list_identities(index: LibraryIndex, *, hr_size: float, min_faces: int = 1) 
         if face.identity_id is not None:
             faces_by_identity.setdefault(face.identity_id, []).append(face)
     rows = index.conn.execute(
-        "SELECT id, name, created_at FROM identities WHERE merged_into IS NULL ORDER BY id"
+        "SELECT id, name, created_at, hidden FROM identities WHERE merged_into IS NULL ORDER BY id"
     )
     summaries = []
-    for identity_id, name, created_at in rows:
+    for identity_id, name, created_at, hidden in rows:
         faces = faces_by_identity.get(int(identity_id), [])
-        if len(faces) < max(min_faces, 1):
+        if not faces:
             continue
         regions = [region_size(f.landmarks) for f in faces]
         summaries.append(
@@ -430,10 +559,30 @@ def list_identities(index: LibraryIndex, *, hr_size: float, min_faces: int = 1) 
                 name=name,
                 faces=len(faces),
                 photos=len({f.photo_id for f in faces}),
-                exemplars=sum(1 for r in regions if r >= hr_size),
+                exemplars=sum(1 for f, r in zip(faces, regions, strict=True) if f.usable and r >= hr_size),
                 best_face_size=max(regions),
                 created_at=created_at,
+                hidden=bool(hidden),
             )
         )
     summaries.sort(key=lambda s: (-s.faces, s.id))
     return summaries
+
+
+def hide_identity(index: LibraryIndex, identity_id: int, hidden: bool = True) -> int:
+    """Hide (or show again) an identity in ``clusters list``; returns the live id.
+
+    A hidden person stays an identity: new faces of them still join it (so they stay hidden),
+    re-scans keep it, names and merges work as before.
+    """
+    with index.transaction() as conn:
+        live = resolve_identity(index, identity_id)
+        conn.execute("UPDATE identities SET hidden = ? WHERE id = ?", (int(hidden), live))
+    return live
+
+
+def identity_names(index: LibraryIndex) -> dict[int, str]:
+    """identity id → name, for every named identity (merged-away ids map to their live one's name)."""
+    names = {int(r[0]): r[1] for r in index.conn.execute("SELECT id, name FROM identities")}
+    roots = _live_roots(index.conn)
+    return {i: names[roots.get(i, i)] for i in names if names.get(roots.get(i, i))}

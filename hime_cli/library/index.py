@@ -61,6 +61,8 @@ class ScannedFace:
     detected: DetectedFace
     sharpness: float
     embedding: np.ndarray | None  # (D,) float32
+    quality: str = "good"  # the scan's gate (faces.quality): good, poor or reject
+    quality_reason: str | None = None
 
 
 @dataclass(frozen=True)
@@ -270,13 +272,26 @@ class LibraryIndex:
     def mark_failed(
         self, path: str | os.PathLike[str], error: str, *, size: int = -1, mtime_ns: int = -1
     ) -> int:
-        """Record that ``path`` could not be indexed (its old faces, if any, are dropped)."""
+        """Record that ``path`` could not be indexed.
+
+        A photo indexed before keeps its row and its faces, like a deleted photo: a file that is
+        briefly unreadable (truncated while being copied, an unmounted disk) must not cost the
+        user's naming and splits. When it is readable again, the re-detected faces inherit their
+        identities from these (``replace_faces``).
+        """
+        key = path_key(path)
         with self.transaction() as conn:
-            photo_id = self.upsert_photo(
-                path, size=size, mtime_ns=mtime_ns, sha256=None, status="failed", error=error
+            row = conn.execute("SELECT id FROM photos WHERE path_key = ?", (key,)).fetchone()
+            if row is None:
+                return self.upsert_photo(
+                    path, size=size, mtime_ns=mtime_ns, sha256=None, status="failed", error=error
+                )
+            conn.execute(
+                "UPDATE photos SET status = 'failed', error = ?, size = ?, mtime_ns = ?, scanned_at = ?"
+                " WHERE id = ?",
+                (error, int(size), int(mtime_ns), _now(), row[0]),
             )
-            conn.execute("DELETE FROM faces WHERE photo_id = ?", (photo_id,))
-        return photo_id
+        return int(row[0])
 
     def move_photo(
         self, photo_id: int, new_path: str | os.PathLike[str], *, size: int, mtime_ns: int
@@ -343,14 +358,16 @@ class LibraryIndex:
     def replace_faces(self, photo_id: int, faces: Sequence[ScannedFace]) -> list[int]:
         """Replace a photo's faces in one transaction; returns the new face ids in order.
 
-        A new face whose box overlaps an old one (IoU ≥ 0.5) inherits its identity and
-        ``assigned_by``, so re-scanning an edited photo does not undo the user's naming.
+        A new face whose box overlaps an old one (IoU ≥ 0.5) inherits its identity,
+        ``assigned_by`` and the user's "not a face" (``rejected``), so re-scanning an edited photo
+        does not undo the user's decisions. A face the quality gate rejects gets no identity.
         """
         with self.transaction() as conn:
             old = [
-                (Box(r[0], r[1], r[2], r[3]), r[4], r[5])
+                (Box(r[0], r[1], r[2], r[3]), r[4], r[5], int(r[6]))
                 for r in conn.execute(
-                    "SELECT x0, y0, x1, y1, identity_id, assigned_by FROM faces WHERE photo_id = ? ORDER BY id",
+                    "SELECT x0, y0, x1, y1, identity_id, assigned_by, rejected FROM faces WHERE photo_id = ?"
+                    " ORDER BY id",
                     (photo_id,),
                 )
             ]
@@ -359,21 +376,24 @@ class LibraryIndex:
             taken: set[int] = set()
             for face in faces:
                 box = face.detected.box
-                identity_id, assigned_by = None, "auto"
+                identity_id, assigned_by, rejected = None, "auto", 0
                 best, best_iou = -1, _KEEP_IDENTITY_IOU
-                for i, (old_box, _, _) in enumerate(old):
+                for i, (old_box, _, _, _) in enumerate(old):
                     iou = _iou(box, old_box)
                     if i not in taken and iou >= best_iou:
                         best, best_iou = i, iou
                 if best >= 0:
                     taken.add(best)
-                    _, identity_id, assigned_by = old[best]
+                    _, identity_id, assigned_by, rejected = old[best]
+                if rejected or face.quality == "reject":
+                    identity_id = None
                 embedding = None
                 if face.embedding is not None:
                     embedding = np.ascontiguousarray(face.embedding, dtype=np.float32).tobytes()
                 cursor = conn.execute(
                     "INSERT INTO faces (photo_id, x0, y0, x1, y1, landmarks, score, size, sharpness, embedding,"
-                    " identity_id, assigned_by) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    " identity_id, assigned_by, quality, quality_reason, rejected)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         photo_id,
                         box.x0,
@@ -387,6 +407,9 @@ class LibraryIndex:
                         embedding,
                         identity_id,
                         assigned_by,
+                        face.quality,
+                        face.quality_reason,
+                        rejected,
                     ),
                 )
                 ids.append(int(cursor.lastrowid))  # type: ignore[arg-type]
@@ -402,11 +425,22 @@ class LibraryIndex:
         return photo_id, face_ids
 
     def iter_faces(
-        self, *, with_embeddings: bool = True, identity_id: int | None = None, embedder: str | None = None
+        self,
+        *,
+        with_embeddings: bool = True,
+        identity_id: int | None = None,
+        embedder: str | None = None,
+        include_rejected: bool = False,
     ) -> Iterator[Face]:
-        """Every face of every indexed photo (ordered by face id), optionally filtered."""
+        """Every face of every indexed photo (ordered by face id), optionally filtered.
+
+        Faces that are not faces (the quality gate's ``reject``, the user's ``hime faces
+        reject``) are left out unless ``include_rejected``: nothing clusters, shows, enhances or
+        picks them as exemplars.
+        """
         sql = f"SELECT {_face_columns(with_embeddings)} FROM faces f JOIN photos p ON p.id = f.photo_id"
-        where, params = [], []
+        where: list[str] = [] if include_rejected else [_NOT_REJECTED]
+        params: list[Any] = []
         if identity_id is not None:
             where.append("f.identity_id = ?")
             params.append(identity_id)
@@ -418,9 +452,13 @@ class LibraryIndex:
         for row in self.conn.execute(sql + " ORDER BY f.id", params):
             yield _face_from_row(row, with_embeddings)
 
-    def faces_for_photo(self, photo_id: int, *, with_embeddings: bool = True) -> list[Face]:
+    def faces_for_photo(
+        self, photo_id: int, *, with_embeddings: bool = True, include_rejected: bool = False
+    ) -> list[Face]:
+        """A photo's faces in id order (without rejected ones unless ``include_rejected``)."""
         sql = f"SELECT {_face_columns(with_embeddings)} FROM faces f JOIN photos p ON p.id = f.photo_id"
-        rows = self.conn.execute(sql + " WHERE f.photo_id = ? ORDER BY f.id", (photo_id,))
+        sql += " WHERE f.photo_id = ?" + ("" if include_rejected else f" AND {_NOT_REJECTED}")
+        rows = self.conn.execute(sql + " ORDER BY f.id", (photo_id,))
         return [_face_from_row(r, with_embeddings) for r in rows]
 
     def face_by_id(self, face_id: int, *, with_embeddings: bool = True) -> Face | None:
@@ -430,6 +468,21 @@ class LibraryIndex:
 
     def count_faces(self) -> int:
         return int(self.conn.execute("SELECT COUNT(*) FROM faces").fetchone()[0])
+
+    def set_rejected(self, face_ids: Sequence[int], rejected: bool = True) -> list[int]:
+        """The user's "not a face" (or its undo) on ``face_ids``; returns the ids that exist.
+
+        A rejected face leaves its identity at once; an un-rejected one has none and is placed by
+        the next ``update_identities`` like a new face. Kept across re-scans (``replace_faces``).
+        """
+        ids = [int(f) for f in dict.fromkeys(face_ids)]
+        with self.transaction() as conn:
+            found = [f for f in ids if conn.execute("SELECT 1 FROM faces WHERE id = ?", (f,)).fetchone()]
+            conn.executemany(
+                "UPDATE faces SET rejected = ?, identity_id = NULL, assigned_by = 'user' WHERE id = ?",
+                [(int(rejected), f) for f in found],
+            )
+        return found
 
 
 # ---------------------------------------------------------------------- row mapping
@@ -463,15 +516,22 @@ def _photo_from_row(row: Sequence[Any]) -> PhotoRecord:
     )
 
 
+# A face that is a face: neither the gate's reject nor the user's "not a face".
+_NOT_REJECTED = "f.rejected = 0 AND (f.quality IS NULL OR f.quality != 'reject')"
+
+
 def _face_columns(with_embeddings: bool) -> str:
-    cols = "f.id, f.photo_id, p.path_key, f.x0, f.y0, f.x1, f.y1, f.landmarks, f.score, f.size, f.sharpness, f.identity_id"
+    cols = (
+        "f.id, f.photo_id, p.path_key, f.x0, f.y0, f.x1, f.y1, f.landmarks, f.score, f.size, f.sharpness,"
+        " f.identity_id, f.quality, f.rejected"
+    )
     return cols + (", f.embedding" if with_embeddings else "")
 
 
 def _face_from_row(row: Sequence[Any], with_embeddings: bool) -> Face:
     embedding = None
-    if with_embeddings and row[12] is not None:
-        embedding = np.frombuffer(row[12], dtype=np.float32).copy()
+    if with_embeddings and row[14] is not None:
+        embedding = np.frombuffer(row[14], dtype=np.float32).copy()
     return Face(
         id=row[0],
         photo_id=row[1],
@@ -483,6 +543,8 @@ def _face_from_row(row: Sequence[Any], with_embeddings: bool) -> Face:
         sharpness=row[10],
         embedding=embedding,
         identity_id=row[11],
+        quality=row[12],
+        rejected=bool(row[13]),
     )
 
 

@@ -13,6 +13,12 @@ Notes on the schema:
   identities by id). ``faces.id`` likewise, because ``hime faces list`` prints face ids.
 - ``faces.embedding`` is float32 bytes; its length depends on ``photos.embedder``
   (dlib: 128, facenet: 512).
+- ``faces.quality`` is the scan's face-quality gate (``faces.quality``): ``good``, ``poor`` (a
+  real but weak face: stricter clustering, never an exemplar) or ``reject`` (not a face: no
+  embedding, no identity); NULL for faces indexed before the gate (judged from their stored
+  columns by the next ``update_identities``). ``faces.rejected`` = 1 is the user's "not a face"
+  (``hime faces reject``); ``identities.hidden`` = 1 is ``hime clusters hide``. Both survive
+  re-scans: a re-detected face inherits them from the old face it overlaps.
 """
 
 from __future__ import annotations
@@ -81,6 +87,16 @@ MIGRATIONS: tuple[Migration, ...] = (
         );
         CREATE INDEX faces_photo ON faces (photo_id);
         CREATE INDEX faces_identity ON faces (identity_id);
+        """,
+    ),
+    Migration(
+        2,
+        "face quality gate, user rejections, hidden identities",
+        """
+        ALTER TABLE faces ADD COLUMN quality TEXT CHECK (quality IN ('good', 'poor', 'reject'));
+        ALTER TABLE faces ADD COLUMN quality_reason TEXT;
+        ALTER TABLE faces ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0 CHECK (rejected IN (0, 1));
+        ALTER TABLE identities ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0 CHECK (hidden IN (0, 1));
         """,
     ),
 )

@@ -96,6 +96,7 @@ class ScanReport:
     missing: int  # indexed photos under the scanned folders whose file is gone (kept in the index)
     duration_s: float
     embedder: str
+    faces_rejected: int = 0  # of faces_found, those the quality gate found not to be faces
 
     @property
     def failed(self) -> int:
@@ -117,6 +118,7 @@ class ScanReport:
             "moved": self.moved,
             "failed": self.failed,
             "faces_found": self.faces_found,
+            "faces_rejected": self.faces_rejected,
             "missing": self.missing,
             "duration_s": round(self.duration_s, 3),
             "embedder": self.embedder,
@@ -178,8 +180,10 @@ class _Analyser:
         detector: Detector | None,
         device: str,
         replaced: frozenset[Path] = frozenset(),
+        gate: bool = True,
     ) -> None:
         self._by_sha = by_sha
+        self._gate = gate
         self._replaced = replaced
         self._embedder: Embedder | None = None if isinstance(embedder, str) else embedder
         self._embedder_name = embedder if isinstance(embedder, str) else embedder.name
@@ -206,16 +210,7 @@ class _Analyser:
             del decoded
             result.height, result.width = int(rgb.shape[0]), int(rgb.shape[1])
             faces = list(self._get_detector().detect(rgb))
-            from hime_cli.faces.quality import sharpness
-
-            sharp = [sharpness(rgb, face) for face in faces]
-            embeddings = self._get_embedder().embed(rgb, faces) if faces else None
-            result.faces = [
-                ScannedFace(
-                    face, s, None if embeddings is None else np.asarray(embeddings[i], dtype=np.float32)
-                )
-                for i, (face, s) in enumerate(zip(faces, sharp, strict=True))
-            ]
+            result.faces = self._gate_and_embed(rgb, faces)
         except HimeError as exc:
             result.error = exc.message
         except MemoryError:
@@ -224,6 +219,32 @@ class _Analyser:
             log.debug("scan failed on %s", pending.path, exc_info=True)
             result.error = f"{type(exc).__name__}: {exc}"
         return result
+
+    def _gate_and_embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> list[ScannedFace]:
+        """Sharpness and the quality gate for every face; only faces that pass it are embedded."""
+        from hime_cli.faces.quality import GOOD, Quality, assess, assess_detection, sharpness
+
+        sharp = [sharpness(rgb, face) for face in faces]
+        if self._gate:
+            verdicts = [assess_detection(f.score, s, f.size) for f, s in zip(faces, sharp, strict=True)]
+        else:
+            verdicts = [Quality(GOOD)] * len(faces)
+        keep = [i for i, v in enumerate(verdicts) if not v.rejected]
+        embeddings: list[np.ndarray | None] = [None] * len(faces)
+        if keep:
+            vectors = self._get_embedder().embed(rgb, [faces[i] for i in keep])
+            for row, i in enumerate(keep):
+                embeddings[i] = np.asarray(vectors[row], dtype=np.float32)
+                if self._gate:
+                    verdicts[i] = assess(
+                        faces[i].score, sharp[i], faces[i].size, embeddings[i], self._embedder_name
+                    )
+        scanned = []
+        for face, s, embedding, verdict in zip(faces, sharp, embeddings, verdicts, strict=True):
+            if verdict.rejected:
+                embedding = None  # not a face: its vector would only ever mislead
+            scanned.append(ScannedFace(face, s, embedding, verdict.level, verdict.reason))
+        return scanned
 
     def _original(self, path: Path, data: bytes, result: _Analysed) -> bytes:
         """A photo hime enhanced in place is indexed as its original (see ``backup.original_bytes``)."""
@@ -282,6 +303,7 @@ def scan_paths(
     device: str = "cpu",
     workers: int | None = None,
     parallel: bool = True,
+    quality_gate: bool = True,
 ) -> ScanReport:
     """Index every photo under ``paths`` into ``index``; see the module docstring.
 
@@ -289,7 +311,8 @@ def scan_paths(
     ``detector`` defaults to the shared MTCNN detector (objects passed here must be picklable:
     workers receive copies). ``force`` re-processes every photo. ``workers`` defaults to the
     number of usable cores (at most ``MAX_WORKERS``); ``parallel=False`` or ``workers=1``
-    analyses in this process.
+    analyses in this process. ``quality_gate=False`` stores every detection as a good face
+    (benchmarks that compare against the scan before the gate).
     """
     started = time.perf_counter()
     roots = [Path(os.path.realpath(p)) for p in paths]
@@ -300,6 +323,7 @@ def scan_paths(
     counts = {"new": 0, "updated": 0, "unchanged": 0, "moved": 0}
     failures: list[ScanFailure] = []
     faces_found = 0
+    faces_rejected = 0
     done = 0
     total = len(files)
     seen: set[bytes] = set()
@@ -348,8 +372,8 @@ def scan_paths(
         embedder_obj = embedder if not isinstance(embedder, str) else _resolve_embedder(embedder)
         by_sha = _contents_by_sha(index)
         replaced = _replaced_paths()
-        analyser_args = (by_sha, embedder, force, detector, device, replaced)
-        local = _Analyser(by_sha, embedder_obj, force, detector, device, replaced)
+        analyser_args = (by_sha, embedder, force, detector, device, replaced, quality_gate)
+        local = _Analyser(by_sha, embedder_obj, force, detector, device, replaced, quality_gate)
         n_workers = worker_count(workers) if parallel else 1
         if len(todo) < PROCESS_MIN_PHOTOS:
             n_workers = 1
@@ -364,6 +388,8 @@ def scan_paths(
                 claimed_moves.add(analysed.move_from)
             n_faces = len(analysed.faces) if outcome in ("new", "updated") else 0
             faces_found += n_faces
+            if outcome in ("new", "updated"):
+                faces_rejected += sum(1 for f in analysed.faces if f.quality == "reject")
             emit(pending.path, outcome, n_faces, analysed.error)
 
     missing = _count_missing(index, roots, seen)
@@ -375,6 +401,7 @@ def scan_paths(
         moved=counts["moved"],
         failures=tuple(failures),
         faces_found=faces_found,
+        faces_rejected=faces_rejected,
         missing=missing,
         duration_s=time.perf_counter() - started,
         embedder=embedder_name,

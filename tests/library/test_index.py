@@ -152,13 +152,19 @@ def test_photo_delete_cascades_to_faces(tmp_path: Path) -> None:
         assert index.count_faces() == 0
 
 
-def test_mark_failed_drops_faces_and_records_error(tmp_path: Path) -> None:
+def test_mark_failed_keeps_faces_and_records_error(tmp_path: Path) -> None:
+    # Issue #11 D9: a briefly unreadable photo kept nothing of its faces, so the user's split and
+    # name were lost; now it keeps them, like a deleted photo.
     with LibraryIndex.open() as index:
-        pid, _ = index.record_photo(tmp_path / "a.jpg", [_face(0, 0, 20)], size=1, mtime_ns=1, sha256=None)
+        pid, fids = index.record_photo(tmp_path / "a.jpg", [_face(0, 0, 20)], size=1, mtime_ns=1, sha256="s")
         assert index.mark_failed(tmp_path / "a.jpg", "truncated", size=2, mtime_ns=3) == pid
         rec = index.photo_by_id(pid)
         assert rec is not None and rec.status == "failed" and rec.error == "truncated"
-        assert index.count_faces() == 0
+        assert (rec.size_bytes, rec.mtime_ns, rec.sha256) == (2, 3, "s")
+        assert [f.id for f in index.faces_for_photo(pid)] == fids
+        # A path never indexed before gets a failed row with no faces.
+        other = index.mark_failed(tmp_path / "b.jpg", "not an image")
+        assert index.photo_by_id(other).status == "failed" and index.faces_for_photo(other) == []
 
 
 def test_move_photo_keeps_faces(tmp_path: Path) -> None:

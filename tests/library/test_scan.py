@@ -156,14 +156,21 @@ def test_broken_files_never_stop_a_scan(
     # As root nothing is unreadable: fake it, in-process (a worker process would not see the patch).
     as_root = os.geteuid() == 0
     if as_root:
-        real_open = builtins.open
+        real_open, real_os_open = builtins.open, os.open
 
         def fake_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
-            if os.fspath(file) == os.fspath(locked):
+            if not isinstance(file, int) and os.fspath(file) == os.fspath(locked):
                 raise PermissionError(13, "Permission denied", os.fspath(locked))
             return real_open(file, *args, **kwargs)
 
+        def fake_os_open(file, *args, **kwargs):  # type: ignore[no-untyped-def]
+            # The reader opens photos with os.open (non-blocking, then fstat) since ca8a222.
+            if os.fspath(file) == os.fspath(locked):
+                raise PermissionError(13, "Permission denied", os.fspath(locked))
+            return real_os_open(file, *args, **kwargs)
+
         monkeypatch.setattr(builtins, "open", fake_open)
+        monkeypatch.setattr(os, "open", fake_os_open)
     else:
         locked.chmod(0)
     with LibraryIndex.open() as index:
