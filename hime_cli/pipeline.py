@@ -508,18 +508,20 @@ class EnhanceLedger:
             raise self._error(exc) from exc
         if row is None or row[0] != settings:
             return False
-        if in_place:  # the manifest says whether the file is what hime wrote
-            from hime_cli.library.backup import written_in_place
-
-            try:
-                return written_in_place(dest)
-            except OSError:
-                return False
         try:
             st = dest.stat()
         except OSError:
             return False
         same_stamp = row[3] == st.st_size and row[4] == st.st_mtime_ns
+        if in_place:  # the manifest says whether the file is what hime wrote
+            from hime_cli.library.backup import find_backups, written_in_place
+
+            try:
+                if same_stamp:  # unchanged since this ledger saw it written: no need to hash it
+                    return any(r.state == "replaced" and r.replaced_sha256 for r in find_backups(dest))
+                return written_in_place(dest)
+            except OSError:
+                return False
         if not same_stamp and (row[2] is None or file_sha256(dest) != row[2]):
             return False
         if row[1] is not None:
