@@ -258,7 +258,7 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
         rows.insert(0, ("photos to enhance", report.count("dry-run")))
     for name, value in rows:
         summary.add_row(name, str(value))
-    summary.add_row("model", f"{report.model or '-'} on {report.device or '-'}")
+    summary.add_row("model", safe(f"{report.model or '-'} on {report.device or '-'}"))
     summary.add_row("time", f"{report.seconds:.1f} s (SR {report.sr_seconds:.1f} s)")
     out.print(summary)
     failed = [p for p in report.photos if p.status == "failed"]
