@@ -56,23 +56,38 @@ def register(app: typer.Typer) -> None:
     @handle_errors
     def list_cmd(
         json_out: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
-        min_faces: int = typer.Option(1, "--min-faces", min=1, help="Hide identities with fewer faces."),
+        min_faces: int | None = typer.Option(
+            None,
+            "--min-faces",
+            min=1,
+            help="Show people with at least this many faces (default 3; named people always show).",
+        ),
+        show_all: bool = typer.Option(
+            False, "--all", help="Every identity: small ones, people seen once, hidden ones."
+        ),
         hr_size: int = typer.Option(DEFAULT_HR_SIZE, "--hr-size", min=1, help=HR_SIZE_HELP),
     ) -> None:
-        """List identities, most faces first."""
-        from hime_cli.identities.store import list_identities
+        """List people, most faces first; smaller identities and faces seen once are counted below."""
+        from hime_cli.identities.store import DEFAULT_MIN_FACES, list_identities, people_view
 
         with _open(readonly=True) as index:
-            rows = list_identities(index, hr_size=hr_size, min_faces=min_faces)
+            if show_all:
+                rows = list_identities(index, hr_size=hr_size, min_faces=1)
+                view = None
+            else:
+                view = people_view(index, hr_size=hr_size, min_faces=min_faces or DEFAULT_MIN_FACES)
+                rows = view.people
         if json_out:
             print_json([r.as_dict() for r in rows])
             return
-        if not rows:
+        if not rows and (view is None or not (view.fewer_faces or view.unsorted_faces or view.hidden)):
             out.print("No identities yet: run `hime scan PATH` (or `hime clusters update`).", highlight=False)
             return
+        from rich.markup import escape
         from rich.table import Table
 
-        table = Table(title=f"{len(rows)} identities", title_justify="left")
+        title = f"{len(rows)} {'identities' if show_all else 'people'}"
+        table = Table(title=title, title_justify="left")
         table.add_column("id", justify="right", style="bold")
         table.add_column("name")
         table.add_column("faces", justify="right")
@@ -80,29 +95,74 @@ def register(app: typer.Typer) -> None:
         table.add_column("exemplars", justify="right")
         table.add_column("best face", justify="right")
         for r in rows:
+            name = escape(r.name) if r.name else "[dim]-[/]"  # a name is user text: never markup
+            if r.hidden:
+                name += " [dim](hidden)[/]"
             table.add_row(
                 str(r.id),
-                r.name or "[dim]-[/]",
+                name,
                 str(r.faces),
                 str(r.photos),
                 str(r.exemplars) if r.exemplars else "[yellow]0[/]",
                 f"{r.best_face_size:.0f} px",
             )
         out.print(table)
+        if view is not None:
+            notes = []
+            if view.fewer_faces:
+                notes.append(
+                    f"{view.fewer_faces} more with fewer than {min_faces or DEFAULT_MIN_FACES} faces"
+                )
+            if view.unsorted_faces:
+                notes.append(f"{view.unsorted_faces} unsorted faces (seen once)")
+            if view.hidden:
+                notes.append(f"{view.hidden} hidden")
+            if notes:
+                out.print("; ".join(notes) + ": `hime clusters list --all` lists them.", highlight=False)
+
+    @group.command("hide")
+    @handle_errors
+    def hide_cmd(
+        identity_ids: list[int] = typer.Argument(..., help="Identity ids to hide from `clusters list`."),
+        undo: bool = typer.Option(False, "--undo", help="Show these identities again."),
+    ) -> None:
+        """Hide people from `clusters list` (kept across scans; new faces of them stay hidden)."""
+        from hime_cli.identities.store import hide_identity
+
+        with _open(readonly=False) as index:
+            live = [hide_identity(index, i, hidden=not undo) for i in identity_ids]
+        for requested, resolved in zip(identity_ids, live, strict=True):
+            _note_resolved(requested, resolved)
+        verb = "shown again" if undo else "hidden"
+        out.print(
+            f"identit{'ies' if len(live) > 1 else 'y'} {', '.join(map(str, live))} {verb}", highlight=False
+        )
 
     @group.command("show")
     @handle_errors
     def show_cmd(
-        identity_id: int = typer.Argument(..., help="Identity id (see `hime clusters list`)."),
+        identity_id: int | None = typer.Argument(
+            None, help="Identity id (see `hime clusters list`); none: one overview sheet of all people."
+        ),
         out_path: Path | None = typer.Option(
             None, "--out", "-o", help="PNG to write (default: under the hime cache dir)."
         ),
         limit: int = typer.Option(200, "--limit", min=1, help="At most this many faces on the sheet."),
         hr_size: int = typer.Option(DEFAULT_HR_SIZE, "--hr-size", min=1, help=HR_SIZE_HELP),
     ) -> None:
-        """Write a PNG contact sheet of an identity's faces (exemplars outlined) and print its path."""
-        from hime_cli.identities.review import write_contact_sheet
+        """Write a PNG contact sheet of an identity's faces (exemplars outlined) and print its path.
 
+        Without an id: one overview sheet of every person (as `clusters list` shows them), a face
+        each with its id, name and face count.
+        """
+        from hime_cli.identities.review import write_contact_sheet, write_overview_sheet
+
+        if identity_id is None:
+            with _open(readonly=True) as index:
+                overview = write_overview_sheet(index, out_path, hr_size=hr_size, max_people=limit)
+            err.print(f"{overview.people} people on the sheet", highlight=False)
+            out.print(str(overview.path), highlight=False, soft_wrap=True)
+            return
         with _open(readonly=True) as index:
             sheet = write_contact_sheet(index, identity_id, out_path, hr_size=hr_size, max_faces=limit)
         _note_resolved(identity_id, sheet.identity_id)
@@ -127,7 +187,9 @@ def register(app: typer.Typer) -> None:
             live = name_identity(index, identity_id, name)
             others = [i for i in identities_named(index, name) if i != live]
         _note_resolved(identity_id, live)
-        out.print(f"identity {live} is now named {' '.join(name.split())!r}", highlight=False)
+        from rich.markup import escape
+
+        out.print(f"identity {live} is now named {escape(repr(' '.join(name.split())))}", highlight=False)
         if others:
             ids = " ".join(map(str, others))
             err.print(
@@ -153,7 +215,9 @@ def register(app: typer.Typer) -> None:
             out.print(f"nothing to merge: those ids are all identity {report.identity_id}", highlight=False)
             return
         merged = ", ".join(map(str, report.merged))
-        named = f" ({report.name})" if report.name else ""
+        from rich.markup import escape
+
+        named = f" ({escape(report.name)})" if report.name else ""
         out.print(
             f"merged {merged} into {report.identity_id}{named}: {report.moved_faces} faces moved",
             highlight=False,
@@ -222,13 +286,17 @@ def register(app: typer.Typer) -> None:
         with _open(readonly=True) as index:
             written, failed = export_exemplars(index, identity_id, out_dir, hr_size=hr_size, limit=limit)
         for face, reason in failed:
-            err.print(f"face {face.id} ({face.photo_path}): {reason}", highlight=False)
+            from rich.markup import escape
+
+            err.print(escape(f"face {face.id} ({face.photo_path}): {reason}"), highlight=False)
         if not written and not failed:
             raise UsageError(
                 f"identity {identity_id} has no face of at least {hr_size} px to export.",
                 hint="exemplars must be at least the HR size; lower --hr-size or add better photos.",
             )
-        out.print(f"wrote {len(written)} crops to {out_dir}", highlight=False)
+        from rich.markup import escape
+
+        out.print(escape(f"wrote {len(written)} crops to {out_dir}"), highlight=False)
         if failed:
             raise typer.Exit(EXIT_FAILED)
 

@@ -1,10 +1,11 @@
-"""``hime faces list``: every indexed face."""
+"""``hime faces``: every indexed face (``list``), and the user's "not a face" (``reject``)."""
 
 from __future__ import annotations
 
 import typer
 
 from hime_cli.cli.common import err, handle_errors, out, print_json
+from hime_cli.errors import UsageError
 
 faces_app = typer.Typer(help="Inspect the faces in the library index.", no_args_is_help=True)
 
@@ -19,8 +20,12 @@ def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     identity: int | None = typer.Option(None, "--identity", help="Only the faces of this identity id."),
     max_size: float | None = typer.Option(None, "--max-size", help="Only faces at most this many pixels."),
+    show_all: bool = typer.Option(
+        False, "--all", help="Also detections that are not faces (the quality gate's and yours)."
+    ),
 ) -> None:
-    """List every indexed face: id, photo, box in the upright photo's pixels, score, size, sharpness, identity."""
+    """List every indexed face: id, photo, box in the upright photo's pixels, score, size, sharpness, quality, identity and name."""
+    from hime_cli.identities.store import identity_names
     from hime_cli.library.index import LibraryIndex, display_path
     from hime_cli.paths import get_paths
 
@@ -29,6 +34,7 @@ def list_cmd(
         rows: list[dict[str, object]] = []
     else:
         with LibraryIndex.open(readonly=True) as index:
+            names = identity_names(index)
             rows = [
                 {
                     "face_id": face.id,
@@ -37,9 +43,13 @@ def list_cmd(
                     "score": round(float(face.score), 4),
                     "size": round(float(face.size), 2),
                     "sharpness": round(float(face.sharpness), 3),
+                    "quality": "rejected" if face.rejected else face.quality,
                     "identity_id": face.identity_id,
+                    "name": names.get(face.identity_id) if face.identity_id is not None else None,
                 }
-                for face in index.iter_faces(with_embeddings=False, identity_id=identity)
+                for face in index.iter_faces(
+                    with_embeddings=False, identity_id=identity, include_rejected=show_all
+                )
                 if max_size is None or face.size <= max_size
             ]
     if json_out:
@@ -56,7 +66,9 @@ def list_cmd(
         ("size", "right"),
         ("score", "right"),
         ("sharpness", "right"),
+        ("quality", "left"),
         ("identity", "right"),
+        ("name", "left"),
     ):
         table.add_column(column, justify=justify, overflow="fold")  # type: ignore[arg-type]
     for row in rows:
@@ -69,6 +81,33 @@ def list_cmd(
             f"{row['size']:.0f}",
             f"{row['score']:.3f}",
             f"{row['sharpness']:.1f}",
+            str(row["quality"] or "-"),
             "-" if row["identity_id"] is None else str(row["identity_id"]),
+            escape(str(row["name"])) if row["name"] else "",  # user text: never markup
         )
     out.print(table)
+
+
+@faces_app.command("reject")
+@handle_errors
+def reject_cmd(
+    face_ids: list[int] = typer.Argument(..., help="Face ids (see `hime faces list` or a contact sheet)."),
+    undo: bool = typer.Option(False, "--undo", help="They are faces after all: place them again."),
+) -> None:
+    """Mark detections as "not a face": they leave their person and never come back, even after a re-scan."""
+    from hime_cli.library.index import LibraryIndex
+
+    with LibraryIndex.open(lock_timeout=10.0) as index:
+        found = index.set_rejected(face_ids, rejected=not undo)
+        if undo and found:
+            from hime_cli.identities.store import update_identities
+
+            update_identities(index)
+    missing = [f for f in dict.fromkeys(face_ids) if f not in found]
+    if missing:
+        raise UsageError(
+            f"no face {', '.join(map(str, missing))} in the index.",
+            hint="see the ids with `hime faces list --all`.",
+        )
+    verb = "are faces again" if undo else "marked as not a face"
+    out.print(f"face{'s' if len(found) > 1 else ''} {', '.join(map(str, found))} {verb}", highlight=False)

@@ -129,6 +129,8 @@ def _print_summary(report: ScanReport, identities: dict[str, Any] | None) -> Non
     table.add_row("moved", str(report.moved))
     table.add_row("failed", f"[red]{report.failed}[/]" if report.failed else "0")
     table.add_row("faces found", str(report.faces_found))
+    if report.faces_rejected:
+        table.add_row("  of them not faces", str(report.faces_rejected))
     if report.missing:
         table.add_row("missing (file gone)", str(report.missing))
     if identities is not None and identities.get("new_faces") is not None:

@@ -111,6 +111,7 @@ def render_contact_sheet(
     thumb: int = DEFAULT_THUMB,
     columns: int | None = None,
     footer: str | None = None,
+    legend: str = "= exemplar (usable reference)   #face id, native size, file   typical faces first, doubtful last",
 ) -> PILImage.Image:
     """Grid of face thumbnails (float RGB crops, or None for an unreadable photo) with a caption
     under each; ``True`` tiles get a coloured outline; a title and a legend on top."""
@@ -119,7 +120,8 @@ def render_contact_sheet(
     n = len(tiles)
     cols = columns or max(1, min(10, int(np.ceil(np.sqrt(max(n, 1) * 1.5)))))
     rows = max(1, int(np.ceil(n / cols)))
-    pad, caption, border = 8, 18, 4
+    pad, border = 8, 4
+    caption = 18 + 14 * max((label.count("\n") for _, label, _ in tiles), default=0)  # lines per caption
     cell_w, cell_h = thumb + 2 * border + pad, thumb + 2 * border + caption + pad
     header = 56
     width = max(pad + cols * cell_w, 640)
@@ -132,7 +134,7 @@ def render_contact_sheet(
     draw.rectangle([lx, ly, lx + 16, ly + 16], outline=EXEMPLAR_COLOUR, width=border, fill=TILE_BACKGROUND)
     draw.text(
         (lx + 24, ly),
-        "= exemplar (usable reference)   #face id, native size   typical faces first, doubtful last",
+        legend,
         fill=(0, 0, 0),
         font=_font(13),
     )
@@ -157,10 +159,73 @@ def render_contact_sheet(
             if tile.size != (thumb, thumb):
                 tile = tile.resize((thumb, thumb))
             sheet.paste(tile, (x + border, y + border))
-        draw.text((x + border, y + thumb + 2 * border + 2), label, fill=(0, 0, 0), font=small)
+        draw.multiline_text(
+            (x + border, y + thumb + 2 * border + 2), label, fill=(0, 0, 0), font=small, spacing=2
+        )
     if footer:
         draw.text((pad, height - 20), footer, fill=(90, 90, 90), font=small)
     return sheet
+
+
+def _short_name(path: Path, thumb: int) -> str:
+    """The photo's file name, shortened in the middle to fit under a thumbnail (~6.5 px a letter)."""
+    from hime_cli.library.index import display_path
+
+    name = display_path(path.name)
+    room = max(8, int(thumb / 6.5))
+    return name if len(name) <= room else name[: room // 2 - 1] + "…" + name[-(room - room // 2) :]
+
+
+@dataclass(frozen=True)
+class OverviewSheet:
+    path: Path
+    people: int
+
+
+def write_overview_sheet(
+    index: LibraryIndex,
+    out: Path | None = None,
+    *,
+    hr_size: float = DEFAULT_MIN_REGION,
+    thumb: int = DEFAULT_THUMB,
+    max_people: int = DEFAULT_MAX_FACES,
+) -> OverviewSheet:
+    """One sheet of every person ``clusters list`` shows: a face each (the best exemplar, else the
+    face nearest the identity's average), with id, name and face count under it."""
+    from hime_cli.identities.store import people_view
+
+    people = people_view(index, hr_size=hr_size).people[:max_people]
+    chosen: list[tuple[Face, str]] = []
+    for person in people:
+        faces = identity_faces(index, person.id, with_embeddings=True)
+        best = exemplar_faces_for_identity(index, person.id, hr_size)
+        usable = [f for f in faces if f.usable] or faces
+        face = best[0] if best else _order_for_review(usable)[0]
+        name = person.name or "-"
+        chosen.append((face, f"#{person.id}  {person.faces} faces\n{_short_text(name, thumb)}"))
+    photos = _PhotoCache()
+    tiles: list[tuple[np.ndarray | None, str, bool]] = []
+    for face, label in chosen:
+        rgb = photos.get(face.photo_path)
+        crop = None if rgb is None else warp_to_crop(rgb, alignment_matrix(face.landmarks, thumb), thumb)
+        tiles.append((crop, label, False))
+    sheet = render_contact_sheet(
+        tiles,
+        f"{len(people)} people",
+        thumb=thumb,
+        legend="#identity id, face count, name   (hime clusters show ID: all faces of one person)",
+    )
+    path = Path(out) if out is not None else default_sheet_path(0).with_name("people.png")
+    if path.suffix.lower() != ".png":
+        path = path.with_suffix(".png") if path.suffix else path / "people.png"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(path, format="PNG")
+    return OverviewSheet(path, len(people))
+
+
+def _short_text(text: str, thumb: int) -> str:
+    room = max(8, int(thumb / 6.5))
+    return text if len(text) <= room else text[: room - 1] + "…"
 
 
 def default_sheet_path(identity_id: int) -> Path:
@@ -198,7 +263,8 @@ def write_contact_sheet(
     for face in ordered:
         crop = crops[face.id]
         unreadable += crop is None
-        tiles.append((crop, f"#{face.id}  {region_size(face.landmarks):.0f}px", face.id in exemplar_ids))
+        label = f"#{face.id}  {region_size(face.landmarks):.0f}px\n{_short_name(face.photo_path, thumb)}"
+        tiles.append((crop, label, face.id in exemplar_ids))
     name = identity_name(index, live)
     title = f"identity {live}" + (f" - {name}" if name else "") + f": {len(faces)} faces"
     footer = None

@@ -57,8 +57,9 @@ def list_json(*args: str) -> list[dict]:
 
 
 def test_list_json_and_table(library: dict[str, list[int]]) -> None:
-    rows = list_json()
+    rows = list_json("--all")
     assert [r["faces"] for r in rows] == [3, 2, 1]
+    assert [r["faces"] for r in list_json()] == [3]  # people: at least 3 faces by default
     ann = rows[0]
     assert ann["id"] == identity_of(library["ann"][0])
     assert ann["photos"] == 3 and ann["exemplars"] == 2 and ann["name"] is None
@@ -72,6 +73,84 @@ def test_list_json_and_table(library: dict[str, list[int]]) -> None:
     for column in ("id", "name", "faces", "photos", "exemplars", "best face"):
         assert column in table.stdout
     assert "200 px" in table.stdout
+    # Bob (2 faces) and Cy (seen once) are counted, not listed.
+    assert "1 people" in table.stdout
+    assert "1 more with fewer than 3 faces" in table.stdout and "1 unsorted faces" in table.stdout
+    assert "--all" in table.stdout
+    table = runner.invoke(app, ["clusters", "list", "--all"])
+    assert "3 identities" in table.stdout and "unsorted" not in table.stdout
+
+
+def test_named_people_always_show_and_hide(library: dict[str, list[int]]) -> None:
+    bob, cy = identity_of(library["bob"][0]), identity_of(library["cy"][0])
+    assert runner.invoke(app, ["clusters", "name", str(cy), "Cy"]).exit_code == 0
+    assert [r["name"] for r in list_json()] == [None, "Cy"]  # a named person is a person
+    result = runner.invoke(app, ["clusters", "hide", str(cy)])
+    assert result.exit_code == 0 and "hidden" in result.stdout
+    assert [r["faces"] for r in list_json()] == [3]
+    table = runner.invoke(app, ["clusters", "list"])
+    assert "1 hidden" in table.stdout
+    hidden = [r for r in list_json("--all") if r["hidden"]]
+    assert [r["id"] for r in hidden] == [cy]
+    # A hidden person stays hidden when a scan brings more of their faces.
+    centres = person_centres(3, 0)
+    with LibraryIndex.open() as index:
+        (new_face,) = add_photo(index, "cy2.jpg", [face_embedding(centres[2], np.random.default_rng(9))])
+        update_identities(index)
+    assert identity_of(new_face) == cy
+    assert cy not in [r["id"] for r in list_json()]
+    assert runner.invoke(app, ["clusters", "hide", str(cy), "--undo"]).exit_code == 0
+    assert cy in [r["id"] for r in list_json()]
+    assert runner.invoke(app, ["clusters", "hide", "999"]).exit_code == 2
+    assert bob not in [r["id"] for r in list_json()]
+
+
+def test_names_with_markup_are_listed_as_typed(library: dict[str, list[int]]) -> None:
+    # Issue #11 D3: `Anne [/] Marie` crashed every `clusters list` (MarkupError); `Bob [dad]` showed as `Bob `.
+    ann, bob = identity_of(library["ann"][0]), identity_of(library["bob"][0])
+    result = runner.invoke(app, ["clusters", "name", str(ann), "Anne [/] Marie"])
+    assert result.exit_code == 0, result.output
+    assert "Anne [/] Marie" in result.stdout
+    assert runner.invoke(app, ["clusters", "name", str(bob), "Bob [dad]"]).exit_code == 0
+    table = runner.invoke(app, ["clusters", "list"])
+    assert table.exit_code == 0, table.output
+    assert "Anne [/] Marie" in table.stdout and "Bob [dad]" in table.stdout
+    result = runner.invoke(app, ["clusters", "merge", str(ann), str(bob)])
+    assert result.exit_code == 0 and "Anne [/] Marie" in result.stdout
+
+
+def test_show_without_id_writes_an_overview_of_people(library: dict[str, list[int]], tmp_path: Path) -> None:
+    ann = identity_of(library["ann"][0])
+    runner.invoke(app, ["clusters", "name", str(ann), "Ann"])
+    out = tmp_path / "people.png"
+    result = runner.invoke(app, ["clusters", "show", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip() == str(out) and "1 people" in result.stderr
+    sheet = np.asarray(Image.open(out).convert("RGB")).astype(int)
+    red = (sheet[..., 0] > 200) & (sheet[..., 1] < 60) & (sheet[..., 2] < 60)
+    assert red.sum() > 50 * 50  # Ann's face tile (her faces are red)
+    default = runner.invoke(app, ["clusters", "show"])
+    assert default.exit_code == 0 and Path(default.stdout.strip()).name == "people.png"
+
+
+def test_sheet_captions_name_the_photo_file(
+    library: dict[str, list[int]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hime_cli.identities.review as review
+
+    captured: list[str] = []
+    real = review.render_contact_sheet
+
+    def spy(tiles, *args, **kwargs):  # type: ignore[no-untyped-def]
+        captured.extend(label for _, label, _ in tiles)
+        return real(tiles, *args, **kwargs)
+
+    monkeypatch.setattr(review, "render_contact_sheet", spy)
+    ann = identity_of(library["ann"][0])
+    assert runner.invoke(app, ["clusters", "show", str(ann)]).exit_code == 0
+    assert sorted(label.split("\n")[1] for label in captured) == ["ann1.png", "ann2.png", "ann3.png"]
+    assert review._short_name(Path("/x/" + "a" * 40 + ".jpg"), 112).endswith("aaa.jpg")
+    assert len(review._short_name(Path("/x/" + "a" * 40 + ".jpg"), 112)) <= 17
 
 
 def test_list_without_index_is_a_clear_error() -> None:
@@ -88,7 +167,7 @@ def test_name_merge_split_flow(library: dict[str, list[int]]) -> None:
     result = runner.invoke(app, ["clusters", "merge", str(ann), str(bob), str(cy)])
     assert result.exit_code == 0, result.output
     assert "3 faces moved" in result.stdout
-    rows = list_json()
+    rows = list_json("--all")
     assert len(rows) == 1 and rows[0]["faces"] == 6 and rows[0]["name"] == "Ann"
 
     # Undo part of it by hand: Bob's faces are someone else.

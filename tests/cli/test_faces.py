@@ -44,7 +44,10 @@ def test_faces_list_json_fields_and_filters(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     rows = json.loads(result.stdout)
     assert [r["face_id"] for r in rows] == [small, big]
-    assert set(rows[0]) == {"face_id", "photo", "box", "score", "size", "sharpness", "identity_id"}
+    assert set(rows[0]) == {
+        "face_id", "photo", "box", "score", "size", "sharpness", "quality", "identity_id", "name"
+    }  # fmt: skip
+    assert (rows[0]["name"], rows[1]["name"]) == (None, "Bo") and rows[0]["quality"] == "good"
     assert rows[0]["photo"] == str(photo) and Path(rows[0]["photo"]).is_absolute()
     assert rows[0]["box"] == [5.0, 10.0, 29.0, 34.0]
     assert rows[0]["size"] == 24.0 and rows[0]["score"] == 0.98 and rows[0]["sharpness"] == 7.5
@@ -53,8 +56,50 @@ def test_faces_list_json_fields_and_filters(tmp_path: Path) -> None:
     assert [r["face_id"] for r in only] == [big]
     small_only = json.loads(runner.invoke(app, ["faces", "list", "--json", "--max-size", "64"]).stdout)
     assert [r["face_id"] for r in small_only] == [small]
-    table = runner.invoke(app, ["faces", "list"])
+    table = runner.invoke(app, ["faces", "list"], env={"COLUMNS": "250"})
     assert table.exit_code == 0 and "2 faces" in table.stdout and "p.jpg" in table.stdout
+    assert "Bo" in table.stdout  # the name next to the identity id
+
+
+def test_names_with_markup_are_printed_as_typed(tmp_path: Path) -> None:
+    # Issue #11 D3: rich markup in a user's string crashed (`[/]`) or vanished (`[dad]`).
+    with LibraryIndex.open() as index:
+        _, (a, b) = index.record_photo(
+            tmp_path / "p.jpg", [_face(5, 24), _face(60, 120)], size=1, mtime_ns=1, sha256=None
+        )
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO identities (name, created_at) VALUES ('Anne [/] Marie', 'now')")
+            conn.execute("INSERT INTO identities (name, created_at) VALUES ('Bob [dad]', 'now')")
+            conn.execute("UPDATE faces SET identity_id = 1 WHERE id = ?", (a,))
+            conn.execute("UPDATE faces SET identity_id = 2 WHERE id = ?", (b,))
+    table = runner.invoke(app, ["faces", "list"], env={"COLUMNS": "250"})
+    assert table.exit_code == 0, table.output
+    assert "Anne [/] Marie" in table.stdout and "Bob [dad]" in table.stdout
+
+
+def test_reject_a_face_and_undo(tmp_path: Path) -> None:
+    with LibraryIndex.open() as index:
+        _, (small, big) = index.record_photo(
+            tmp_path / "p.jpg", [_face(5, 24), _face(60, 120)], size=1, mtime_ns=1, sha256=None
+        )
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO identities (name, created_at) VALUES ('Bo', 'now')")
+            conn.execute("UPDATE faces SET identity_id = 1")
+    result = runner.invoke(app, ["faces", "reject", str(small)])
+    assert result.exit_code == 0, result.output
+    assert "not a face" in result.stdout
+    rows = json.loads(runner.invoke(app, ["faces", "list", "--json"]).stdout)
+    assert [r["face_id"] for r in rows] == [big]  # gone from every view
+    rows = json.loads(runner.invoke(app, ["faces", "list", "--json", "--all"]).stdout)
+    assert [(r["face_id"], r["quality"], r["identity_id"]) for r in rows] == [
+        (small, "rejected", None),
+        (big, "good", 1),
+    ]
+    result = runner.invoke(app, ["faces", "reject", "999"])
+    assert result.exit_code == 2 and "no face 999" in result.stderr
+    assert runner.invoke(app, ["faces", "reject", str(small), "--undo"]).exit_code == 0
+    rows = json.loads(runner.invoke(app, ["faces", "list", "--json"]).stdout)
+    assert [r["face_id"] for r in rows] == [small, big]
 
 
 def test_faces_list_after_a_real_scan_matches_the_photo(tmp_path: Path) -> None:
