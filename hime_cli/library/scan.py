@@ -469,6 +469,7 @@ def _analyse_all(
     suspects: deque[_Pending] = deque()
     in_flight: deque[tuple[_Pending, Future[_Analysed], bool]] = deque()  # (photo, future, isolated)
     pool: ProcessPoolExecutor | None = _start_pool(worker_args, n_workers)
+    finished = False
     try:
         while queue or suspects or in_flight:
             if pool is None:  # workers cannot start here: carry on in this process
@@ -503,9 +504,31 @@ def _analyse_all(
                     pending, error="the image decoder crashed on this file (its worker process died)."
                 )
             yield result
+        finished = True
     finally:
         if pool is not None:
-            pool.shutdown(wait=True, cancel_futures=True)
+            if finished:
+                pool.shutdown(wait=True, cancel_futures=True)
+            else:
+                # Ctrl-C (or any error, or the caller stopping early): the photos in flight are
+                # not worth waiting for (a big one takes seconds); nothing of theirs is written.
+                _kill_pool(pool)
+
+
+def _kill_pool(pool: ProcessPoolExecutor) -> None:
+    """Stop a pool now: cancel what is queued and terminate the workers mid-photo."""
+    procs = list((getattr(pool, "_processes", None) or {}).values())  # no public API for them
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in procs:
+        try:
+            proc.terminate()
+        except (OSError, AttributeError):
+            pass
+    for proc in procs:
+        try:
+            proc.join(timeout=2.0)
+        except (OSError, AssertionError):
+            pass
 
 
 def _start_pool(worker_args: tuple[Any, ...], n_workers: int) -> ProcessPoolExecutor | None:
@@ -523,6 +546,9 @@ def _start_pool(worker_args: tuple[Any, ...], n_workers: int) -> ProcessPoolExec
         log.warning("worker processes unavailable (%s: %s); scanning in-process", type(exc).__name__, exc)
         pool.shutdown(wait=False, cancel_futures=True)
         return None
+    except BaseException:  # Ctrl-C while the workers start
+        _kill_pool(pool)
+        raise
     return pool
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from hime_cli.errors import UsageError
 from hime_cli.library.index import LibraryIndex
 from hime_cli.library.scan import ScanEvent, scan_paths
+from hime_cli.types import DetectedFace
 from tests.conftest import REPO_ROOT
 from tests.library.corpus import asymmetric_rgb, broken_files, save_oriented, write_png16
 from tests.library.fakes import CentreDetector, CrashingDetector, MeanColourEmbedder
@@ -270,6 +271,7 @@ _KILL_SCRIPT = """
 import sys
 from hime_cli.library.index import LibraryIndex
 from hime_cli.library.scan import scan_paths
+from hime_cli.types import DetectedFace
 from tests.library.fakes import CentreDetector, CrashingDetector, MeanColourEmbedder
 with LibraryIndex.open(sys.argv[1]) as index:
     scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(delay_s=float(sys.argv[3])), detector=CentreDetector())
@@ -410,3 +412,133 @@ def test_missing_backup_falls_back_to_indexing_the_file(library: Path) -> None:
         assert report.failed == 0
         record = index.get_photo_by_path(target)
         assert record is not None and (record.width, record.height) == (384, 256)
+
+
+_INTERRUPT_SCRIPT = """
+import sys
+from hime_cli.library.index import LibraryIndex
+from hime_cli.library.scan import scan_paths
+from tests.library.fakes import CentreDetector, MeanColourEmbedder
+
+if __name__ == "__main__":
+    with LibraryIndex.open(sys.argv[1]) as index:
+        try:
+            scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(delay_s=float(sys.argv[3])),
+                       detector=CentreDetector(), workers=2)
+        except KeyboardInterrupt:
+            print("INTERRUPTED", flush=True)
+            sys.exit(130)
+"""
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_parallel_scan_within_seconds(tmp_path: Path) -> None:
+    # Issue #11: Ctrl-C took 13-34 s, waiting for every photo the workers had in hand.
+    root = tmp_path / "photos"
+    for i in range(16):
+        _photo(root / f"p{i:02d}.jpg", seed=i)
+    db, script = tmp_path / "index.sqlite3", tmp_path / "scan.py"
+    script.write_text(_INTERRUPT_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(db), str(root), "8"],
+        cwd=REPO_ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        done = 0
+        while time.monotonic() < deadline and proc.poll() is None and done < 1:
+            if db.exists():
+                try:
+                    with sqlite3.connect(db, timeout=5) as conn:
+                        done = conn.execute("SELECT COUNT(*) FROM photos").fetchone()[0]
+                except sqlite3.OperationalError:
+                    done = 0
+            time.sleep(0.05)
+        assert proc.poll() is None and done >= 1
+        time.sleep(0.5)  # the workers are inside their next photos (8 s each)
+        interrupted = time.monotonic()
+        os.kill(proc.pid, signal.SIGINT)
+        stdout, _ = proc.communicate(timeout=60)
+        took = time.monotonic() - interrupted
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and "INTERRUPTED" in stdout
+    assert took < 4.0, f"Ctrl-C took {took:.1f} s"
+    with sqlite3.connect(db) as conn:
+        assert conn.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        per_photo = conn.execute(
+            "SELECT p.id, COUNT(f.id) FROM photos p LEFT JOIN faces f ON f.photo_id = p.id GROUP BY p.id"
+        ).fetchall()
+    assert per_photo and all(n == 1 for _, n in per_photo)
+
+
+class SureDetector(CentreDetector):
+    """CentreDetector with a confident score (0.9 is a "poor" face for the quality gate)."""
+
+    def detect(self, rgb):  # type: ignore[no-untyped-def]
+        return [DetectedFace(f.box, f.landmarks, 0.99) for f in super().detect(rgb)]
+
+
+def test_briefly_unreadable_photo_keeps_the_users_split_and_name(library: Path) -> None:
+    # Issue #11 D9: a truncated file made mark_failed delete its faces; once restored, the face
+    # rejoined the old identity and "Bob" was gone.
+    from hime_cli.identities.store import identity_name, name_identity, split_faces, update_identities
+
+    photo = library / "album1" / "p1.jpg"
+    original = photo.read_bytes()
+    with LibraryIndex.open() as index:
+        _scan([library], index, detector=SureDetector())
+        update_identities(index, embedder="fake", threshold=0.5)
+        faces = {f.photo_path.name: f for f in index.iter_faces()}
+        (together,) = {f.identity_id for f in faces.values()}  # one "person" (similar mean colours)
+        split = split_faces(index, together, [faces["p1.jpg"].id])
+        bob = split.new_identities[0]
+        name_identity(index, bob, "Bob")
+
+        photo.write_bytes(original[: len(original) // 3])  # truncated while being copied
+        report, _, _ = _scan([library], index, detector=SureDetector())
+        assert report.failed == 1
+        assert [f.identity_id for f in index.faces_for_photo(index.get_photo_by_path(photo).id)] == [bob]
+
+        photo.write_bytes(original)  # restored
+        report, _, _ = _scan([library], index, detector=SureDetector())
+        assert report.failed == 0 and report.updated == 1
+        update_identities(index, embedder="fake", threshold=0.5)
+        (face,) = index.faces_for_photo(index.get_photo_by_path(photo).id)
+        assert face.identity_id == bob and identity_name(index, bob) == "Bob"
+
+
+def test_not_a_face_survives_forced_rescans_and_gate_rejects_are_not_embedded(library: Path) -> None:
+    from hime_cli.identities.store import update_identities
+
+    class WeakDetector(SureDetector):
+        def detect(self, rgb):  # type: ignore[no-untyped-def]
+            faces = super().detect(rgb)
+            # p2 is a "flower": a weak detection the gate rejects before embedding.
+            return [DetectedFace(f.box, f.landmarks, 0.75) for f in faces] if rgb.shape[1] == 97 else faces
+
+    _photo(library / "flower.jpg", seed=7, size=(97, 64))
+    with LibraryIndex.open() as index:
+        report, _, embedder = _scan([library], index, detector=WeakDetector())
+        assert report.faces_found == 4 and report.faces_rejected == 1
+        assert embedder.calls == 3  # the rejected face cost no embedding
+        flower = index.get_photo_by_path(library / "flower.jpg")
+        assert index.faces_for_photo(flower.id) == []  # invisible to everything
+        (stored,) = index.faces_for_photo(flower.id, include_rejected=True)
+        assert stored.quality == "reject" and stored.embedding is None
+        update_identities(index, embedder="fake", threshold=0.5)
+        victim = next(f for f in index.iter_faces() if f.photo_path.name == "p0.jpg")
+        index.set_rejected([victim.id])
+        for _ in range(2):
+            _scan([library], index, detector=WeakDetector(), force=True)
+            update_identities(index, embedder="fake", threshold=0.5)
+            names = sorted(f.photo_path.name for f in index.iter_faces())
+            assert names == ["p1.jpg", "p2.jpg"]
+            (again,) = index.faces_for_photo(victim.photo_id, include_rejected=True)
+            assert again.rejected and again.identity_id is None
