@@ -168,3 +168,16 @@ def test_order_by_appearance_prefers_the_crop_that_looks_like_the_lr_face() -> N
     flat = np.full((32, 32, 3), 0.5, np.float32)
     assert not appearance_vector(flat, 32).any()  # no NaN for a flat crop
     assert order_by_appearance(lr, [flat, face]) == [1, 0]
+
+
+def test_never_a_rejected_or_poor_face() -> None:
+    from dataclasses import replace
+
+    target = face(1, photo=10, region=40)
+    good = face(2, photo=11, region=300, sharp=99)
+    poor = replace(face(3, photo=12, region=400, sharp=300), quality="poor")  # e.g. a weak detection
+    rejected = replace(face(4, photo=13, region=500, sharp=300), rejected=True)  # "not a face"
+    unjudged = face(5, photo=14, region=300, sharp=50)  # indexed before the gate: judged later
+    candidates = [good, poor, rejected, unjudged]
+    assert [f.id for f in select_exemplars(target, candidates, max_refs=5)] == [2, 5]
+    assert [f.id for f in exemplar_quality_order(candidates)] == [2, 5]

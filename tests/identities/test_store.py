@@ -259,3 +259,51 @@ def test_recluster_separates_faces_of_one_photo(index: LibraryIndex) -> None:
     assert len(report.new_identities) == 1
     ids = face_identities(index)
     assert ids[group[0]] != ids[group[1]]
+
+
+def _set_quality(index: LibraryIndex, face_ids: list[int], quality: str | None) -> None:
+    with index.transaction() as conn:
+        conn.executemany("UPDATE faces SET quality = ? WHERE id = ?", [(quality, f) for f in face_ids])
+
+
+def test_poor_faces_join_only_closer_and_never_found_a_person(index: LibraryIndex) -> None:
+    from hime_cli.identities.store import DEFAULT_MIN_FACES, people_view
+
+    centres = person_centres(3, 7)
+    rng = np.random.default_rng(3)
+    ann = [add_photo(index, f"ann{k}.jpg", [face_embedding(centres[0], rng, 0.15)])[0] for k in range(3)]
+    update_identities(index)
+    (ann_id,) = partition(index, ann)
+    near = add_photo(index, "near.jpg", [face_embedding(centres[0], rng, 0.15)])[0]  # ~0.2 from Ann
+    # ~0.57 from Ann's faces: a good face would join (< 0.60), a poor one must not (>= 0.51).
+    u = np.random.default_rng(11).normal(size=128)
+    middling = (centres[0] + 0.55 * u / np.linalg.norm(u)).astype(np.float32)
+    ann_emb = np.stack([f.embedding for f in index.iter_faces() if f.id in ann])
+    assert 0.52 < float(np.linalg.norm(ann_emb - middling, axis=1).mean()) < 0.59
+    between = add_photo(index, "between.jpg", [middling])[0]
+    loner = add_photo(index, "loner.jpg", [face_embedding(centres[2], rng)])[0]
+    _set_quality(index, [near, between, loner], "poor")
+    report = update_identities(index)
+    ids = face_identities(index)
+    assert ids[near] == ann_id
+    assert ids[between] is None and ids[loner] is None
+    assert report.new_identities == () and report.unplaced_poor == 2  # a poor face founds no one
+    view = people_view(index, hr_size=128, min_faces=DEFAULT_MIN_FACES)
+    assert [p.id for p in view.people] == [ann_id] and view.unsorted_faces == 2
+
+
+def test_faces_from_before_the_gate_are_judged_and_junk_leaves(index: LibraryIndex) -> None:
+    people = add_people(index, [3])
+    update_identities(index)
+    (person,) = partition(index, people[0])
+    junk = people[0][0]
+    with index.transaction() as conn:  # an index from before migration 2: nothing judged yet
+        conn.execute("UPDATE faces SET quality = NULL")
+        conn.execute("UPDATE faces SET score = 0.72, sharpness = 300 WHERE id = ?", (junk,))
+        conn.execute("UPDATE faces SET sharpness = 300 WHERE id != ?", (junk,))
+    update_identities(index)
+    ids = face_identities(index)
+    assert ids[junk] is None and {ids[f] for f in people[0][1:]} == {person}
+    quality = dict(index.conn.execute("SELECT id, quality FROM faces"))
+    assert quality[junk] == "reject" and {quality[f] for f in people[0][1:]} == {"good"}
+    assert junk not in [f.id for f in index.iter_faces()]

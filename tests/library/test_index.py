@@ -216,3 +216,49 @@ def test_lock_of_killed_process_is_released(tmp_path: Path) -> None:
         proc.kill()
         proc.wait()
     LibraryIndex.open(path, lock_timeout=2).close()
+
+
+def test_version_1_index_is_migrated_and_its_faces_are_unjudged(tmp_path: Path) -> None:
+    import sqlite3
+
+    from hime_cli.library import migrations
+
+    db = tmp_path / "old.sqlite3"
+    conn = sqlite3.connect(db, isolation_level=None)
+    real = migrations.MIGRATIONS
+    try:
+        migrations.MIGRATIONS = real[:1]  # what hime wrote before migration 2
+        apply_migrations(conn)
+    finally:
+        migrations.MIGRATIONS = real
+    conn.execute(
+        "INSERT INTO photos (path_key, path, size, mtime_ns, status, scanned_at) VALUES (x'2f61', '/a', 1, 1, 'ok', 'now')"
+    )
+    conn.execute(
+        "INSERT INTO faces (photo_id, x0, y0, x1, y1, landmarks, score, size, sharpness) VALUES (1, 0, 0, 9, 9, ?, 0.9, 9, 5)",
+        (np.zeros(10, np.float32).tobytes(),),
+    )
+    conn.close()
+    with LibraryIndex.open(db) as index:
+        assert index.schema_version == LATEST_VERSION == 2
+        (face,) = index.iter_faces()
+        assert face.quality is None and not face.rejected  # judged by the next update_identities
+        hidden = index.conn.execute("SELECT hidden FROM identities").fetchall()
+        assert hidden == []
+
+
+def test_user_rejection_is_inherited_by_the_re_detected_face(tmp_path: Path) -> None:
+    with LibraryIndex.open() as index:
+        pid, (kept, gone) = index.record_photo(
+            tmp_path / "a.jpg", [_face(0, 0, 40), _face(100, 0, 40)], size=1, mtime_ns=1, sha256=None
+        )
+        assert index.set_rejected([gone, 12345]) == [gone]
+        assert [f.id for f in index.iter_faces()] == [kept]
+        new_ids = index.replace_faces(
+            pid, [_face(1, 1, 40), _face(101, 1, 40)]
+        )  # a re-scan, boxes moved a little
+        faces = index.faces_for_photo(pid, include_rejected=True)
+        assert [f.rejected for f in faces] == [False, True] and [f.id for f in faces] == new_ids
+        assert [f.id for f in index.iter_faces()] == [new_ids[0]]
+        index.set_rejected([new_ids[1]], rejected=False)
+        assert [f.id for f in index.iter_faces()] == new_ids
