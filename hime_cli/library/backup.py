@@ -203,6 +203,7 @@ def store_lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
                     ) from None
                 time.sleep(0.05)
         _held.depth = 1
+        _sweep_stale_temps(folder)
         try:
             yield
         finally:
@@ -237,6 +238,21 @@ def in_place_run_lock() -> Iterator[None]:
         yield
     finally:
         os.close(fd)
+
+
+_swept: set[Path] = set()
+
+
+def _sweep_stale_temps(folder: Path) -> None:
+    """Once per process and store: remove the temp files killed runs left among the objects
+    (a record's sidecar may never be written again, so its own writes would not clean it)."""
+    if folder in _swept:
+        return
+    _swept.add(folder)
+    objects = folder / "objects"
+    with contextlib.suppress(OSError):
+        for sub in [objects, *(p for p in objects.iterdir() if p.is_dir())] if objects.is_dir() else []:
+            cleanup_stale_temps(sub)
 
 
 def _manifest_is_blank_but_records_exist(path: Path) -> bool:
@@ -313,6 +329,7 @@ def _write_sidecar(rec: BackupRecord) -> None:
     tmp = temp_path_for(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
+        cleanup_stale_temps(dest.parent, dest.name)  # left by a run killed while writing this record
         with open(tmp, "x", encoding="ascii") as fh:  # ensure_ascii: undecodable names round-trip
             json.dump(payload, fh)
             fh.flush()
