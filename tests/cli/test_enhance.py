@@ -374,3 +374,17 @@ def test_json_report_is_valid_utf8_for_non_utf8_file_names(tmp_path: Path, weigh
     assert photo["status"] == "failed"
     plain = _invoke(["enhance", str(folder), "--out", str(tmp_path / "out"), *_base(weights)])
     assert "caf\\xe9[bold].jpg" in "".join(plain.stdout.split())  # readable, markup not interpreted
+
+
+def test_damaged_index_stops_enhance_with_one_line(tmp_path: Path, weights: Path) -> None:
+    """#11 D7: `hime enhance` on a damaged index: one Error line with a hint, no sqlite3 traceback."""
+    from hime_cli.paths import get_paths
+
+    Image.fromarray(astronaut()).save(tmp_path / "a.jpg")
+    index = get_paths().index_path
+    index.parent.mkdir(parents=True, exist_ok=True)
+    index.write_bytes(b"\x00not sqlite\x00" * 500)
+    result = _invoke(["enhance", str(tmp_path / "a.jpg"), "--out", str(tmp_path / "out"), *_base(weights)])
+    assert result.exit_code == 1
+    assert "Error:" in result.stderr and "damaged" in result.stderr and "hime doctor" in result.stderr
+    assert not (tmp_path / "out").exists()
