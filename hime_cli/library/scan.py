@@ -351,7 +351,8 @@ def scan_paths(
             st = os.stat(real)
         except OSError as exc:
             index.mark_failed(real, _os_reason(exc))
-            emit(Path(real), "failed", error=_os_reason(exc))
+            # a broken symlink is reported under its own name, not its missing target's (#11 D17)
+            emit(Path(file) if os.path.islink(file) else Path(real), "failed", error=_os_reason(exc))
             continue
         entry = known.get(key)
         if (
