@@ -26,11 +26,13 @@ from hime_cli.identities.metrics import bcubed_prf, pairwise_prf
 REPO = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = REPO.parent / "shared" / "data" / "celeba-wild" / "dev"
 
+# Thresholds for the unit-length, flip-averaged dlib vectors faces.embed gives (raw vectors, before
+# that, were ~1.35 long and were swept over 0.45-0.75).
 SWEEPS: dict[str, tuple[str, str, list[float]]] = {
-    "agglomerative-average": ("agglomerative", "average", [round(0.45 + 0.01 * i, 3) for i in range(31)]),
-    "agglomerative-complete": ("agglomerative", "complete", [round(0.55 + 0.025 * i, 3) for i in range(13)]),
-    "agglomerative-single": ("agglomerative", "single", [round(0.35 + 0.025 * i, 3) for i in range(11)]),
-    "dbscan (min_samples=1)": ("dbscan", "", [round(0.35 + 0.025 * i, 3) for i in range(11)]),
+    "agglomerative-average": ("agglomerative", "average", [round(0.32 + 0.005 * i, 3) for i in range(31)]),
+    "agglomerative-complete": ("agglomerative", "complete", [round(0.40 + 0.02 * i, 3) for i in range(10)]),
+    "agglomerative-single": ("agglomerative", "single", [round(0.26 + 0.01 * i, 3) for i in range(11)]),
+    "dbscan (min_samples=1)": ("dbscan", "", [round(0.26 + 0.01 * i, 3) for i in range(11)]),
 }
 # HDBSCAN has no distance threshold (and sklearn 1.9's cluster_selection_epsilon crashes on these
 # embeddings): sweep its density parameters instead; noise points become singletons.
@@ -81,7 +83,10 @@ def cached_embeddings(
     from hime_cli.paths import get_paths
 
     subset = f"_first{identities}" if identities else ""
-    cache = get_paths().cache_dir / "benchmarks" / f"{data.parent.name}_{data.name}{subset}_{embedder_name}"
+    # "_v2": flip-averaged, unit-length dlib vectors (faces.embed); older caches hold raw ones.
+    cache = (
+        get_paths().cache_dir / "benchmarks" / f"{data.parent.name}_{data.name}{subset}_{embedder_name}_v2"
+    )
     emb_file, meta_file = cache / "embeddings.npy", cache / "meta.json"
     if emb_file.is_file() and meta_file.is_file():
         meta = json.loads(meta_file.read_text())

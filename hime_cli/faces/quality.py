@@ -11,10 +11,12 @@ The gate sorts every detection into one of three levels (``docs/library.md``, "F
 Evidence, cheapest first: the detector's score and the sharpness of the aligned crop (before
 embedding, so a rejected face costs no embedding), then the embedding itself. dlib's network maps
 an input with no facial detail (hair, fur, a flower, a blurred object) close to the *average*
-face: on ``../shared/data/photos`` the non-faces lay 0.41-0.56 from the mean dlib embedding of
-the ``celeba-wild/dev`` faces (``MEAN_DLIB_EMBEDDING``). Close to the mean alone is no proof
-(profiles and sunglasses are there too: 0.45 would have rejected 5 real dev faces and 1 LFW
-face), so it rejects only together with a detection score below ``WEAK_SCORE``.
+face: on ``../shared/data/photos`` the 19 non-faces lay 0.27-0.38 from the mean (unit-length)
+dlib embedding of the ``celeba-wild/dev`` faces (``MEAN_DLIB_EMBEDDING``), the turned Solvay
+face at 0.83 at 0.45. Close to the mean alone is no proof (confident, real faces lie as close as
+0.34: profiles, sunglasses, a plain frontal face), so it rejects only together with a detection
+score below ``WEAK_SCORE``; the cut ``WEAK_GENERIC_DISTANCE`` sits midway between the farthest
+non-face and that Solvay face.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ LEVELS = (GOOD, POOR, REJECT)
 MIN_SCORE = 0.80  # MTCNN probability; Immich's default minimum is 0.7
 MIN_SHARPNESS = 15.0  # below this the crop has no facial detail at all
 WEAK_SCORE = 0.97  # a detection below this score ...
-WEAK_GENERIC_DISTANCE = 0.55  # ... that also embeds this close to the average face
+WEAK_GENERIC_DISTANCE = 0.42  # ... that also embeds this close to the average face (unit vectors)
 # --- poor: a real face with little identity in it.
 POOR_SCORE = 0.95
 POOR_SHARPNESS = 40.0
@@ -73,7 +75,7 @@ def sharpness(rgb: np.ndarray, face: DetectedFace | np.ndarray) -> float:
 def assess_detection(score: float, sharpness_value: float, size: float) -> Quality:
     """The verdict from what is known before embedding (a rejected face is not embedded)."""
     if score < MIN_SCORE:
-        return Quality(REJECT, f"weak detection (score {score:.2f} < {MIN_SCORE})")
+        return Quality(REJECT, f"weak detection (score {score:.3f} < {MIN_SCORE})")
     if sharpness_value < MIN_SHARPNESS:
         return Quality(REJECT, f"no detail (sharpness {sharpness_value:.0f} < {MIN_SHARPNESS:.0f})")
     if score < POOR_SCORE:
@@ -89,7 +91,12 @@ def generic_distance(embedding: np.ndarray, embedder: str = "dlib") -> float | N
     """Distance of an embedding from the average face of ``embedder`` (None: no reference for it)."""
     if embedder != "dlib" or embedding.shape != MEAN_DLIB_EMBEDDING.shape:
         return None
-    return float(np.linalg.norm(np.asarray(embedding, dtype=np.float64) - MEAN_DLIB_EMBEDDING))
+    vector = np.asarray(embedding, dtype=np.float64)
+    norm = float(np.linalg.norm(vector))
+    if norm == 0:
+        return 0.0
+    # Unit length, as faces.embed stores dlib vectors (older indexes hold raw ones).
+    return float(np.linalg.norm(vector / norm - MEAN_DLIB_EMBEDDING))
 
 
 def assess(
@@ -113,22 +120,22 @@ def assess(
     return verdict
 
 
-# The mean dlib embedding of the 872 celeba-wild/dev faces (largest face per photo), rounded;
-# recomputed by benchmarks/face_quality.py.
+# The mean of the 872 celeba-wild/dev faces' dlib embeddings (largest face per photo; flip-averaged,
+# unit length, as faces.embed stores them), rounded; benchmarks/face_features.py caches the vectors.
 # fmt: off
 MEAN_DLIB_EMBEDDING = np.array([
-    -0.1083, 0.0878, 0.0710, -0.0769, -0.1192, -0.0064, -0.0351, -0.0976, 0.1708, -0.0983,
-    0.1811, -0.0375, -0.2462, 0.0141, -0.0480, 0.1488, -0.1484, -0.1516, -0.0843, -0.0650,
-    0.0293, 0.0382, 0.0078, 0.0791, -0.1420, -0.3055, -0.0628, -0.0713, 0.0177, -0.0912,
-    -0.0023, 0.0616, -0.1856, -0.0127, 0.0302, 0.1106, -0.0415, -0.1032, 0.1719, 0.0060,
-    -0.2122, -0.0292, 0.0726, 0.2568, 0.1984, 0.0028, 0.0247, -0.0826, 0.1240, -0.2806,
-    0.0485, 0.1446, 0.0776, 0.0760, 0.0806, -0.1791, 0.0271, 0.1354, -0.1688, 0.0580,
-    0.0630, -0.0677, -0.0115, -0.0760, 0.2244, 0.1013, -0.1334, -0.1314, 0.1799, -0.1579,
-    -0.0519, 0.0897, -0.1144, -0.1848, -0.2596, 0.0234, 0.4001, 0.1613, -0.1586, 0.0403,
-    -0.0717, -0.0105, 0.0187, 0.1084, -0.0503, 0.0091, -0.0906, 0.0417, 0.2234, -0.0147,
-    -0.0102, 0.2479, 0.0113, -0.0097, 0.0188, 0.0614, -0.1229, -0.0113, -0.1357, -0.0297,
-    0.0158, -0.0493, 0.0001, 0.1193, -0.1856, 0.1617, -0.0216, -0.0178, -0.0207, -0.0048,
-    -0.0767, -0.0288, 0.1573, -0.2621, 0.1663, 0.1598, 0.0470, 0.1382, 0.0572, 0.0675,
-    0.0307, -0.0395, -0.1436, -0.0724, 0.0442, -0.0560, 0.0266, 0.0459,
+    -0.0726, 0.0588, 0.0477, -0.0512, -0.0798, -0.0051, -0.0232, -0.0659, 0.1145, -0.0661,
+    0.1226, -0.0254, -0.1653, 0.0085, -0.0319, 0.1002, -0.1000, -0.1017, -0.0576, -0.0438,
+    0.0193, 0.0253, 0.0057, 0.0530, -0.0956, -0.2059, -0.0426, -0.0480, 0.0125, -0.0614,
+    -0.0020, 0.0419, -0.1253, -0.0089, 0.0202, 0.0738, -0.0278, -0.0688, 0.1161, 0.0039,
+    -0.1430, -0.0188, 0.0485, 0.1728, 0.1334, 0.0019, 0.0166, -0.0556, 0.0835, -0.1883,
+    0.0322, 0.0971, 0.0522, 0.0510, 0.0542, -0.1201, 0.0180, 0.0907, -0.1139, 0.0382,
+    0.0422, -0.0453, -0.0083, -0.0514, 0.1505, 0.0685, -0.0895, -0.0890, 0.1210, -0.1065,
+    -0.0345, 0.0609, -0.0765, -0.1237, -0.1751, 0.0152, 0.2696, 0.1080, -0.1070, 0.0270,
+    -0.0489, -0.0076, 0.0128, 0.0717, -0.0344, 0.0069, -0.0611, 0.0282, 0.1503, -0.0098,
+    -0.0068, 0.1664, 0.0078, -0.0060, 0.0131, 0.0412, -0.0827, -0.0078, -0.0914, -0.0196,
+    0.0107, -0.0336, 0.0001, 0.0798, -0.1249, 0.1095, -0.0142, -0.0117, -0.0140, -0.0024,
+    -0.0517, -0.0190, 0.1054, -0.1770, 0.1122, 0.1073, 0.0309, 0.0926, 0.0384, 0.0454,
+    0.0192, -0.0264, -0.0968, -0.0493, 0.0300, -0.0378, 0.0185, 0.0307,
 ], dtype=np.float64)
 # fmt: on

@@ -24,7 +24,9 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-DEFAULT_THRESHOLD = 0.6  # average-link Euclidean distance between dlib embeddings; tuned on dev
+# Average-link Euclidean distance between unit-length, flip-averaged dlib embeddings (faces.embed),
+# tuned on celeba-wild/dev (docs/clustering.md). Raw dlib vectors (length ~1.35) used 0.60.
+DEFAULT_THRESHOLD = 0.40
 DEFAULT_LINKAGE = "average"
 ALGORITHMS = ("agglomerative", "dbscan")
 LINKAGES = ("average", "complete", "single")

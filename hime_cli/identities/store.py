@@ -250,7 +250,7 @@ def update_identities(
             dtype=np.int64,
         )
         if main:
-            emb = np.stack([f.embedding for f in main]).astype(np.float64)
+            emb = _comparable(np.stack([f.embedding for f in main]), embedder)
             apart = same_photo_pairs(main, groups)
             if (groups >= 0).any() or apart:
                 labels = constrained_average_linkage(emb, groups, thr, cannot_link=apart)
@@ -258,7 +258,7 @@ def update_identities(
                 labels = cluster_embeddings(emb, thr)  # the same partition; sklearn is lighter here
         else:
             labels = np.zeros(0, dtype=np.int64)
-        labels = _attach_poor(main, labels, poor_new, thr * POOR_TIGHTEN)
+        labels = _attach_poor(main, labels, poor_new, thr * POOR_TIGHTEN, embedder)
         everyone = main + poor_new
         all_groups = np.concatenate([groups, np.full(len(poor_new), -1, dtype=np.int64)])
 
@@ -288,15 +288,25 @@ def update_identities(
     return ClusterReport(embedder, thr, len(new), joined, tuple(created), skipped, unplaced)
 
 
+def _comparable(emb: np.ndarray, embedder: str) -> np.ndarray:
+    """Embeddings as the tuned threshold expects them: dlib vectors at unit length (an index from
+    before faces.embed scaled them stores raw ones; scaling keeps old and new faces comparable)."""
+    emb = np.asarray(emb, dtype=np.float64)
+    if embedder != "dlib":
+        return emb
+    norms = np.linalg.norm(emb, axis=1, keepdims=True)
+    return emb / np.where(norms > 0, norms, 1.0)
+
+
 def _attach_poor(
-    main: Sequence[Face], labels: np.ndarray, poor: Sequence[Face], threshold: float
+    main: Sequence[Face], labels: np.ndarray, poor: Sequence[Face], threshold: float, embedder: str
 ) -> np.ndarray:
     """Labels of ``main`` followed by those of the ``poor`` faces (-1: close to no one)."""
     if not poor:
         return labels
     if not main:
         return np.full(len(poor), -1, dtype=np.int64)
-    emb = np.stack([f.embedding for f in [*main, *poor]]).astype(np.float64)  # type: ignore[misc]
+    emb = _comparable(np.stack([f.embedding for f in [*main, *poor]]), embedder)  # type: ignore[misc]
     photos_of: dict[int, set[int]] = {}
     for face, label in zip(main, labels.tolist(), strict=True):
         photos_of.setdefault(label, set()).add(face.photo_id)
@@ -445,7 +455,7 @@ def recluster_identity(
             return SplitReport(live, (), (), len(faces))
         by_user = _assigned_by(conn, [f.id for f in faces])
         groups = np.array([0 if by_user.get(f.id) == "user" else -1 for f in faces], dtype=np.int64)
-        emb = np.stack([f.embedding for f in faces]).astype(np.float64)
+        emb = _comparable(np.stack([f.embedding for f in faces]), embedder)
         labels = constrained_average_linkage(emb, groups, thr, cannot_link=same_photo_pairs(faces, groups))
         if (groups == 0).any():
             keep = int(labels[int(np.flatnonzero(groups == 0)[0])])

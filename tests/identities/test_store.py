@@ -275,11 +275,22 @@ def test_poor_faces_join_only_closer_and_never_found_a_person(index: LibraryInde
     update_identities(index)
     (ann_id,) = partition(index, ann)
     near = add_photo(index, "near.jpg", [face_embedding(centres[0], rng, 0.15)])[0]  # ~0.2 from Ann
-    # ~0.57 from Ann's faces: a good face would join (< 0.60), a poor one must not (>= 0.51).
+    # Between the poor threshold and the threshold from Ann's faces: a good face would join, a poor one must not.
+    from hime_cli.identities.cluster import DEFAULT_THRESHOLD
+    from hime_cli.identities.store import POOR_TIGHTEN
+
+    low, high = POOR_TIGHTEN * DEFAULT_THRESHOLD, DEFAULT_THRESHOLD
+    ann_emb = np.stack([f.embedding for f in index.iter_faces() if f.id in ann]).astype(np.float64)
+    ann_emb /= np.linalg.norm(ann_emb, axis=1, keepdims=True)
     u = np.random.default_rng(11).normal(size=128)
-    middling = (centres[0] + 0.55 * u / np.linalg.norm(u)).astype(np.float32)
-    ann_emb = np.stack([f.embedding for f in index.iter_faces() if f.id in ann])
-    assert 0.52 < float(np.linalg.norm(ann_emb - middling, axis=1).mean()) < 0.59
+
+    def mean_distance(step: float) -> float:
+        v = centres[0] + step * u / np.linalg.norm(u)
+        return float(np.linalg.norm(ann_emb - v / np.linalg.norm(v), axis=1).mean())
+
+    step = next(x for x in np.arange(0.0, 1.0, 0.005) if mean_distance(x) > (low + high) / 2)
+    middling = (centres[0] + step * u / np.linalg.norm(u)).astype(np.float32)
+    assert low < mean_distance(step) < high
     between = add_photo(index, "between.jpg", [middling])[0]
     loner = add_photo(index, "loner.jpg", [face_embedding(centres[2], rng)])[0]
     _set_quality(index, [near, between, loner], "poor")
