@@ -54,7 +54,7 @@ from hime_cli.identities.exemplars import APPEARANCE_POOL, order_by_appearance
 from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, move_aside, translate
 from hime_cli.luma import luma
 from hime_cli.paths import get_paths
-from hime_cli.sr.pasteback import PasteOptions, paste_face, upscale_photo
+from hime_cli.sr.pasteback import FacePaste, PasteOptions, render_upscaled, upscale_photo
 from hime_cli.types import DetectedFace, Face, LoadedImage
 
 if TYPE_CHECKING:
@@ -174,6 +174,8 @@ class PhotoReport:
     out_size: tuple[int, int] | None = None
     compare: Path | None = None
     seconds: float = 0.0
+    out_format: str | None = None  # set when it differs from the input's (a format-limit fallback)
+    note: str | None = None  # why (the fallback)
 
     @property
     def faces_enhanced(self) -> int:
@@ -242,6 +244,7 @@ class EnhanceReport:
                 "skipped": self.count("skipped"),
                 "failed": self.count("failed"),
                 "dry_run": self.count("dry-run"),
+                "format_fallbacks": sum(1 for p in self.photos if p.out_format and p.status != "failed"),
                 "faces_enhanced": self.faces_enhanced,
                 "faces_without_refs": self.faces_without_refs,
             },
@@ -255,6 +258,8 @@ class EnhanceReport:
                     "out_size": list(p.out_size) if p.out_size else None,
                     "compare": str(p.compare) if p.compare else None,
                     "seconds": round(p.seconds, 3),
+                    "out_format": p.out_format,
+                    "note": p.note,
                     "faces": [face(f) for f in p.faces],
                 }
                 for p in self.photos
@@ -285,6 +290,35 @@ class PlannedPhoto:
     dest: Path
     relative: Path  # mirrored path under the output root (also names the compare sheet)
     compare_root: Path
+    out_format: str | None = None  # the format-limit fallback (None: the input's format)
+    note: str | None = None  # why the fallback was taken
+
+
+def format_plan(source: Path, scale: int) -> tuple[str | None, str | None, str | None]:
+    """(fallback format, note, refusal) for a photo's ×``scale`` output, from its header alone.
+
+    When the photo's own format cannot hold the output (HEIC above x265's 142.6 MP, WebP above
+    16,383 px a side: ``library.writer.format_limit``), the output is written as JPEG (PNG when
+    the photo has alpha) with the same metadata; the note says so. When even that cannot hold
+    it, the refusal says why. All (None, None, None) when nothing changes or the header is unreadable.
+    """
+    from hime_cli.library.reader import probe_image
+    from hime_cli.library.writer import fallback_format, format_limit
+
+    header = probe_image(source)
+    if header is None:
+        return None, None, None
+    width, height = header.width * scale, header.height * scale
+    why = format_limit(header.format, width, height)
+    if why is None:
+        return None, None, None
+    fallback = fallback_format(header.format, header.has_alpha)
+    if fallback == header.format or format_limit(fallback, width, height):
+        return None, None, f"{why}; no other format can hold it either (use a smaller --scale)"
+    return fallback, f"{why}: written as {fallback} with the same metadata", None
+
+
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}
 
 
 def _list_photos(paths: Sequence[Path]) -> list[Path]:
@@ -358,6 +392,17 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
                 planned.append(PhotoReport(source, None, "failed", broken))
                 continue
             dest = source if options.in_place else out_root / relative
+            out_format, note, refusal = (
+                format_plan(source, options.scale) if options.write_photos else (None, None, None)
+            )
+            if refusal is not None or (out_format is not None and options.in_place and options.write_photos):
+                reason = refusal or f"{note}; --in-place keeps the format: use --out, or a smaller --scale"
+                planned.append(PhotoReport(source, dest, "failed", reason))
+                continue
+            if out_format is not None:
+                dest = dest.with_suffix(_EXTENSIONS[out_format])
+                if _real(dest) in seen or os.path.lexists(source.with_suffix(dest.suffix)):
+                    dest = dest.with_name(source.name + _EXTENSIONS[out_format])  # IMG.heic.jpg
             key, real_source = _real(dest), _real(source)
             if key in seen and seen[key] != real_source:
                 raise UsageError(
@@ -372,7 +417,7 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
                 planned.append(PhotoReport(source, dest, "skipped", f"the same photo as {first[key]}"))
                 continue
             seen[key], first[key] = real_source, source
-            planned.append(PlannedPhoto(source, dest, relative, compare_root))
+            planned.append(PlannedPhoto(source, dest, relative, compare_root, out_format, note))
     return planned
 
 
@@ -1174,35 +1219,46 @@ class Enhancer:
                 self._emit(faces_done=self._counters.faces_done + len(pw.works))
 
     def _finish(self, pw: PhotoWork, settings: str, ledger: EnhanceLedger | None) -> PhotoReport:
+        from hime_cli.library.writer import output_canvas
         from hime_cli.sr.inference import resize_crop, upscaled_crop_matrix
 
         opts = self.options
         s = opts.scale
         loaded = pw.loaded
+        plan = pw.plan
         size = (loaded.width, loaded.height)
+        out_size = (loaded.width * s, loaded.height * s)
         if opts.dry_run:
             return PhotoReport(
-                pw.plan.source, pw.plan.dest, "dry-run", None, tuple(pw.reports), size,
-                (loaded.width * s, loaded.height * s), seconds=time.perf_counter() - pw.started,
+                plan.source, plan.dest, "dry-run", None, tuple(pw.reports), size, out_size,
+                seconds=time.perf_counter() - pw.started, out_format=plan.out_format, note=plan.note,
             )  # fmt: skip
-        canvas = upscale_photo(loaded.rgb, s)
-        matrices = []
+        pastes = []
         for w in pw.works:
             assert w.sr is not None
-            crop = resize_crop(w.sr, w.lr_size * s)
-            matrix = upscaled_crop_matrix(w.matrix, s)  # upscaled photo → SR crop (L·s px)
-            paste_face(canvas, crop, matrix, s, opts.paste)
-            matrices.append(matrix)
+            # upscaled photo → SR crop (L·s px)
+            pastes.append(FacePaste(resize_crop(w.sr, w.lr_size * s), upscaled_crop_matrix(w.matrix, s)))
+        # The output is assembled block by block (Lanczos strips, then a window per group of
+        # faces) straight into its final pixels: no float copy of the whole photo (docs/enhance.md).
+        canvas = output_canvas(loaded, *out_size, plan.out_format) if opts.write_photos else None
+        results = render_upscaled(
+            loaded.rgb,
+            s,
+            pastes,
+            canvas.put if canvas else None,
+            s,
+            opts.paste,
+            background=canvas is not None,
+        )
         compare_path = None
         if opts.compare and pw.works:
-            compare_path = self._write_sheet(pw, canvas, matrices)
-        out_size = (canvas.shape[1], canvas.shape[0])
-        if opts.write_photos:
+            compare_path = self._write_sheet(pw, results)
+        if canvas is not None:
             alpha = upscale_photo(loaded.alpha[..., None], s)[..., 0] if loaded.alpha is not None else None
-            self._write(pw.plan, loaded, canvas, alpha, settings, ledger, pw.source)
+            self._write(plan, loaded, canvas, alpha, settings, ledger, pw.source)
         return PhotoReport(
-            pw.plan.source,
-            pw.plan.dest if opts.write_photos else None,
+            plan.source,
+            plan.dest if opts.write_photos else None,
             "done",
             None,
             tuple(pw.reports),
@@ -1210,6 +1266,8 @@ class Enhancer:
             out_size,
             compare_path,
             time.perf_counter() - pw.started,
+            out_format=plan.out_format,
+            note=plan.note,
         )
 
     # writing ---------------------------------------------------------------------------------
@@ -1218,46 +1276,55 @@ class Enhancer:
         self,
         plan: PlannedPhoto,
         loaded: LoadedImage,
-        rgb: np.ndarray,
+        canvas: Any,
         alpha: np.ndarray | None,
         settings: str,
         ledger: EnhanceLedger | None,
         source: bytes | None = None,
     ) -> None:
-        """Encode, record the expected output in the ledger, then replace ``dest`` atomically.
+        """Encode into a temp file, check it decodes, record it in the ledger, then replace ``dest``.
 
+        The encoder writes straight into the temp file (no copy of the encoded photo in memory)
+        and the canvas is dropped as soon as it is encoded, before the decode check. The output's
+        hash is recorded before the rename (a run killed in between still knows its work).
         ``source``: the bytes ``loaded`` was decoded from; the encoder settings (DPI above all)
         come from them, not from the file at the photo's path, which may be an enhanced version.
         """
-        from hime_cli.library.writer import atomic_write, encode_image
+        from hime_cli.library.writer import atomic_write, encode_image_to
 
-        data = encode_image(loaded, rgb, alpha, source=source)
-        in_place = self.options.in_place
-        dest_sha = None if in_place else hashlib.sha256(data).hexdigest()  # in place: the manifest's
-        source_sha = None if in_place else file_sha256(plan.source)
-        if ledger is not None:
-            ledger.expect(plan.dest, settings, source_sha, dest_sha)
-        if self.options.in_place:
-            self._replace_in_place(plan.source, data, rgb.shape[1], rgb.shape[0])
+        width, height = canvas.size
+
+        def encode(fh: Any) -> None:
+            encode_image_to(fh, loaded, canvas.pixels, alpha, source=source, out_format=plan.out_format)
+            canvas.release()
+
+        check = _decode_check(width, height)
+        if self.options.in_place:  # the manifest records what hime wrote; the ledger the settings
+            if ledger is not None:
+                ledger.expect(plan.dest, settings, None, None)
+            self._replace_in_place(plan.source, encode, check)
         else:
+            source_sha = file_sha256(plan.source)
+
+            def check_and_record(tmp: Path) -> None:
+                check(tmp)
+                if ledger is not None:
+                    ledger.expect(plan.dest, settings, source_sha, file_sha256(tmp))
+
             plan.dest.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(
-                plan.dest, lambda fh: fh.write(data), check=_decode_check(rgb.shape[1], rgb.shape[0])
-            )
+            atomic_write(plan.dest, encode, check=check_and_record)
         if ledger is not None:
             ledger.finish(plan.dest)
 
     @staticmethod
-    def _replace_in_place(path: Path, data: bytes, width: int, height: int) -> None:
-        """Back the original up (verified), then swap in ``data`` atomically (library.backup)."""
+    def _replace_in_place(path: Path, encode: Callable[[Any], None], check: Callable[[Path], None]) -> None:
+        """Back the original up (verified), then swap in what ``encode`` writes, atomically (library.backup)."""
         from hime_cli.errors import ImageWriteError
         from hime_cli.library.backup import replace_in_place
 
-        check = _decode_check(width, height)
-
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
-                fh.write(data)
+                encode(fh)
             check(tmp)
 
         record = replace_in_place(path, write)
@@ -1288,15 +1355,17 @@ class Enhancer:
 
     # compare sheets --------------------------------------------------------------------------
 
-    def _write_sheet(self, pw: PhotoWork, canvas: np.ndarray, matrices: Sequence[np.ndarray]) -> Path:
-        """One PNG per photo: a row per enhanced face, input (bicubic) | hime | exemplars."""
+    def _write_sheet(self, pw: PhotoWork, results: Sequence[np.ndarray]) -> Path:
+        """One PNG per photo: a row per enhanced face, input (bicubic) | hime | exemplars.
+
+        ``results``: each face as pasted (colour-matched, blended), through its crop transform.
+        """
         s = self.options.scale
         rows = []
-        for w, matrix in zip(pw.works, matrices, strict=True):
+        for w, result in zip(pw.works, results, strict=True):
             size = w.lr_size * s
             # photo → SR crop: the LR crop's transform magnified s times, sampled bicubic (what "upscale" shows)
             bicubic = warp_to_crop(pw.loaded.rgb, np.asarray(w.matrix, np.float64) * s, size)
-            result = warp_to_crop(canvas, matrix, size)
             rows.append(
                 [("input (bicubic)", bicubic), ("hime", result)]
                 + [(f"ref: {Path(p).name}", ref) for p, ref in zip(w.ref_paths, w.refs, strict=True)]
@@ -1355,16 +1424,12 @@ def _decode_check(width: int, height: int) -> Callable[[Path], None]:
 
     def check(tmp: Path) -> None:
         from hime_cli.errors import ImageWriteError
-        from hime_cli.library.reader import decode_image, read_file
+        from hime_cli.library.reader import verify_written
 
-        try:
-            decoded = decode_image(read_file(tmp), max_pixels=max(width * height + 1, 1))
+        try:  # the bomb guard is set to the size hime wrote: a 190 MP output is checked, not refused
+            verify_written(tmp, width, height)
         except HimeError as exc:
             raise ImageWriteError(f"the written file does not decode: {exc.message}") from exc
-        if decoded.pixels.shape[:2] != (height, width):
-            raise ImageWriteError(
-                f"the written file is {decoded.pixels.shape[1]}x{decoded.pixels.shape[0]}, expected {width}x{height}"
-            )
 
     return check
 

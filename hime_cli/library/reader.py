@@ -23,12 +23,14 @@ Pillow's JPEG reader and writer use).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
 import os
 import re
 import stat
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -678,3 +680,78 @@ def _gps_degrees(parts: list[float] | None, ref: str | None, negative_ref: str) 
     if ref and ref.strip().upper().startswith(negative_ref):
         degrees = -degrees
     return float(degrees)
+
+
+@dataclass(frozen=True)
+class ImageHeader:
+    """What a photo's header says, read without decoding its pixels."""
+
+    format: str
+    width: int  # as stored (before EXIF orientation)
+    height: int
+    has_alpha: bool
+
+
+def probe_image(path: str | os.PathLike[str]) -> ImageHeader | None:
+    """Format and size of ``path`` from its header (cheap: no pixels decoded); None when unreadable."""
+    from PIL import Image
+
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with _bomb_guard_lifted(), Image.open(path) as im:
+                fmt = "JPEG" if im.format == "MPO" else (im.format or "UNKNOWN")
+                alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
+                return ImageHeader(fmt, int(im.size[0]), int(im.size[1]), alpha)
+    except Exception:  # noqa: BLE001 - the real read reports why
+        return None
+
+
+_guard_lock = threading.Lock()
+
+
+@contextlib.contextmanager
+def _bomb_guard_lifted(max_pixels: int | None = None) -> Iterator[None]:
+    """Pillow's decompression-bomb guard set to ``max_pixels`` (off: None) for one trusted open."""
+    from PIL import Image
+
+    with _guard_lock:
+        saved = Image.MAX_IMAGE_PIXELS
+        Image.MAX_IMAGE_PIXELS = max_pixels  # None: off; above it Pillow warns (an error here)
+        try:
+            yield
+        finally:
+            Image.MAX_IMAGE_PIXELS = saved
+
+
+def verify_written(path: str | os.PathLike[str], width: int, height: int) -> None:
+    """Decode a file hime just wrote to its end, in bounded memory; raise :class:`ImageReadError` if
+    it does not decode or is not ``width`` × ``height``.
+
+    The size is known (hime wrote it), so the bomb guard is lifted to exactly that size: an
+    output larger than :data:`MAX_PIXELS` (a 12 MP photo ×4 is 190 MP) is checked, not refused.
+    A JPEG is decoded at 1/8 scale (libjpeg's DCT scaling): every entropy-coded block is still
+    read, so a truncated or corrupt file fails, for 1/64 of the memory. Other formats decode at
+    full size (8-bit: ~4 bytes per pixel); 16-bit layouts Pillow cannot read go through
+    :func:`decode_image` as before.
+    """
+    from PIL import Image
+
+    _register_heif()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            with _bomb_guard_lifted(width * height + 1), Image.open(path) as im:
+                size = im.size
+                if size == (width, height):
+                    if im.format == "JPEG":
+                        im.draft(im.mode, (max(1, width // 8), max(1, height // 8)))
+                    im.load()
+    except Exception as exc:  # noqa: BLE001 - Pillow's plugins raise many types
+        if width * height > MAX_PIXELS:
+            raise ImageReadError(f"truncated or corrupt image data ({type(exc).__name__}: {exc}).") from None
+        decoded = decode_image(read_file(path), max_pixels=width * height + 1)
+        size = (decoded.pixels.shape[1], decoded.pixels.shape[0])
+    if size != (width, height):
+        raise ImageReadError(f"the file is {size[0]}x{size[1]}, expected {width}x{height}.")
