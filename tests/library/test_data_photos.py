@@ -99,3 +99,35 @@ def test_solvay_group_photo_small_faces(assets: Path) -> None:
     small = [f for f in faces if 25 <= f.size <= 70]
     assert len(small) >= 25
     assert all(f.embedding is not None and f.embedding.shape == (128,) for f in faces)
+
+
+@pytest.mark.slow
+def test_quality_gate_keeps_people_and_drops_non_faces(shared_data: Path) -> None:
+    """Every non-face of these photos (hair, fur, cloth, flowers, bottles, a pattern, a blurred
+    black object, blurred bystanders: 19 detections at 0.70-0.999) had an identity before the
+    gate; none has one now, and every real face stays, the Solvay face at 0.83 included."""
+    from hime_cli.identities.store import update_identities
+
+    photos = shared_data / "photos"
+    deepface = [photos / "deepface_tests" / f"img{n}.jpg" for n in (31, 38, 40, 41, 46, 54)]
+    no_people = [
+        photos / "immich_test_assets" / "albums" / "text" / "book-beside-flowers.jpg",
+        photos / "immich_test_assets" / "metadata" / "gps-position" / "empty_gps.jpg",
+    ]
+    beer = photos / "immich_test_assets" / "albums" / "text" / "craft-beer.jpg"  # one woman, three bottles
+    solvay = photos / "immich_test_assets" / "metadata" / "faces" / "solvay.jpg"
+    with LibraryIndex.open() as index:
+        report = scan_paths([*deepface, *no_people, beer, solvay], index)
+        update_identities(index)
+        assert report.failed == 0 and report.faces_rejected == 19
+        by_photo: dict[str, list] = {}
+        for face in index.iter_faces():
+            by_photo.setdefault(face.photo_path.name, []).append(face)
+        rejected = [f for f in index.iter_faces(include_rejected=True) if f.quality == "reject"]
+    for path in [*deepface, beer]:  # one person each (the largest face); the rest was not a face
+        (face,) = by_photo[path.name]
+        assert face.identity_id is not None and face.size > 150
+    assert not any(p.name in by_photo for p in no_people)
+    assert len(by_photo[solvay.name]) == 29
+    assert min(f.score for f in by_photo[solvay.name]) < 0.85  # the turned face at 0.83 is kept
+    assert all(f.identity_id is None and f.embedding is None for f in rejected)
