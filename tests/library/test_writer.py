@@ -541,3 +541,70 @@ def test_dpi_comes_from_the_original_bytes_not_the_file_now_at_the_path(tmp_path
     out.write_bytes(encode_image(loaded, big, None, source=original))
     with Image.open(out) as im:
         assert tuple(round(v) for v in im.info["dpi"]) == (600, 600)  # 300 x 2, not 600 x 2
+
+
+@pytest.mark.parametrize(
+    ("fmt", "mode"), [("JPEG", "RGB"), ("JPEG", "L"), ("PNG", "RGB"), ("PNG", "L"), ("WEBP", "RGB")]
+)
+def test_strip_canvas_writes_the_file_a_float_canvas_writes(tmp_path, fmt: str, mode: str) -> None:
+    """The 8-bit canvas filled block by block (issue #10) encodes to the same bytes as the float photo."""
+    from hime_cli.library.writer import StripCanvas, output_canvas
+
+    pixels = smooth_rgb(40, 56)
+    if mode == "L":
+        pixels = pixels[..., 1]
+    src = tmp_path / f"src.{fmt.lower()}"
+    Image.fromarray(pixels).save(src, format=fmt, exif=camera_exif(1, 56, 40), icc_profile=SRGB_ICC)
+    loaded = load_image(src)
+    rng = np.random.default_rng(3)
+    big = np.clip(np.repeat(np.repeat(loaded.rgb, 2, 0), 2, 1) + rng.normal(0, 0.02, (80, 112, 3)), 0, 1)
+    big = big.astype(np.float32)
+    canvas = output_canvas(loaded, 112, 80)
+    assert isinstance(canvas, StripCanvas)
+    for y in range(0, 80, 24):  # strips, then a "face window" written over them
+        canvas.put(0, y, big[y : y + 24])
+    canvas.put(30, 10, big[10:50, 30:70])
+    assert encode_image(loaded, canvas.pixels, None) == encode_image(loaded, big, None)
+
+
+def test_float_canvas_for_16_bit_and_alpha(tmp_path) -> None:
+    from hime_cli.library.writer import FloatCanvas, output_canvas
+
+    rgba = np.dstack([smooth_rgb(20, 20), np.full((20, 20), 200, np.uint8)])
+    Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
+    assert isinstance(output_canvas(load_image(tmp_path / "a.png"), 40, 40), FloatCanvas)
+
+
+def test_format_limits_and_the_fallback(tmp_path) -> None:
+    from hime_cli.library.writer import fallback_format, format_limit
+
+    assert format_limit("HEIF", 4032 * 2, 3024 * 2) is None  # 12 MP ×2: 49 MP
+    why = format_limit("HEIF", 4032 * 4, 3024 * 4)  # 12 MP ×4: 195 MP > x265's 142.6 MP
+    assert why is not None and "x265" in why and "142.6 MP" in why
+    assert format_limit("WEBP", 16_383, 100) is None and format_limit("WEBP", 16_384, 100)
+    assert format_limit("JPEG", 65_535, 60_000) is None and format_limit("JPEG", 69_504, 46_336)
+    assert format_limit("PNG", 100_000, 100_000) is None
+    assert fallback_format("HEIF", has_alpha=False) == "JPEG"
+    assert fallback_format("WEBP", has_alpha=True) == "PNG"
+    # the encoder refuses what the format cannot hold, with one clear message
+    Image.fromarray(smooth_rgb(8, 8)).save(tmp_path / "s.webp")
+    with pytest.raises(ImageWriteError, match="16383 px a side"):
+        encode_image(load_image(tmp_path / "s.webp"), np.zeros((2, 16_384, 3), np.float32), None)
+
+
+def test_fallback_jpeg_keeps_the_metadata(tmp_path) -> None:
+    pytest.importorskip("pillow_heif")
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    src = tmp_path / "p.heic"
+    Image.fromarray(smooth_rgb(32, 48)).save(src, format="HEIF", exif=camera_exif(1, 48, 32), xmp=XMP)
+    loaded = load_image(src)
+    data = encode_image(loaded, np.repeat(np.repeat(loaded.rgb, 2, 0), 2, 1), None, out_format="JPEG")
+    out = load_image_bytes(data, tmp_path)
+    assert out.format == "JPEG" and (out.width, out.height) == (2 * loaded.width, 2 * loaded.height)
+    exif = Image.Exif()
+    exif.load(out.exif[6:] if out.exif.startswith(b"Exif\x00\x00") else out.exif)
+    assert exif[ExifTags.Base.Make] == "Canon"
+    assert exif.get_ifd(IFD_EXIF)[ExifTags.Base.ExifImageWidth] == 2 * loaded.width
+    assert b"hime test" in out.xmp

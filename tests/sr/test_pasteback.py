@@ -1,10 +1,18 @@
 from __future__ import annotations
 
+import cv2
 import numpy as np
 import pytest
 
 from hime_cli.faces.align import CANONICAL_LANDMARKS, alignment_matrix, warp_to_crop
-from hime_cli.sr.pasteback import PasteOptions, feather_mask, match_colour, paste_face, upscale_photo
+from hime_cli.sr.pasteback import (
+    PasteOptions,
+    feather_mask,
+    match_colour,
+    paste_box,
+    paste_face,
+    upscale_photo,
+)
 
 
 def _landmarks(region: float, angle_deg: float, offset: tuple[float, float]) -> np.ndarray:
@@ -162,3 +170,49 @@ def cv2_blur(img: np.ndarray, sigma: float) -> np.ndarray:
     import cv2
 
     return cv2.GaussianBlur(img, (0, 0), sigma)
+
+
+def test_render_upscaled_in_blocks_equals_the_whole_canvas() -> None:
+    """Strips + face windows (issue #10) give the photo upscale_photo + paste_face give: the
+    background bit for bit, the face boxes within float rounding (the window's shifted matrix)."""
+    from hime_cli.sr.pasteback import STRIP_ROWS, FacePaste, face_groups, render_upscaled
+
+    rng = np.random.default_rng(1)
+    photo = cv2.GaussianBlur(rng.random((3 * STRIP_ROWS + 17, 150, 3), dtype=np.float32), (0, 0), 1.5)
+    scale = 4
+    faces = []
+    # two overlapping faces, one across a strip boundary, one cut by the photo's edge, a rolled one
+    for region, angle, offset in [
+        (20.0, 0.0, (20.0, 20.0)),
+        (22.0, 0.0, (35.0, 30.0)),
+        (18.0, 0.0, (70.0, STRIP_ROWS - 8.0)),
+        (24.0, 0.0, (120.0, -6.0)),
+        (16.0, 15.0, (60.0, 2 * STRIP_ROWS + 20.0)),
+    ]:
+        matrix = alignment_matrix(_landmarks(region, angle, offset) * scale, 96)
+        faces.append(FacePaste(rng.random((96, 96, 3), dtype=np.float32), matrix))
+    canvas = upscale_photo(photo, scale)
+    for f in faces:
+        paste_face(canvas, f.crop, f.matrix, scale)
+    out = np.full_like(canvas, -1.0)
+    blocks = []
+
+    def sink(x: int, y: int, block: np.ndarray) -> None:
+        blocks.append(block.shape)
+        out[y : y + block.shape[0], x : x + block.shape[1]] = block
+
+    results = render_upscaled(photo, scale, faces, sink, scale)
+    assert (out >= 0).all()  # every pixel written
+    assert max(b[0] for b in blocks) < canvas.shape[0] // 2  # in strips, never the whole photo
+    assert len(face_groups(faces, canvas.shape[1], canvas.shape[0])) == 4  # the overlapping two share one
+    np.testing.assert_allclose(out, canvas, atol=1e-4)
+    background = np.ones(canvas.shape[:2], bool)
+    for f in faces:
+        box = paste_box(f.matrix, 96, canvas.shape[1], canvas.shape[0])
+        assert box is not None
+        background[box[1] : box[3], box[0] : box[2]] = False
+    np.testing.assert_array_equal(out[background], canvas[background])
+    for f, result in zip(faces, results, strict=True):
+        np.testing.assert_allclose(result, warp_to_crop(canvas, f.matrix, 96), atol=1e-4)
+    # compare sheets need no background at all
+    assert render_upscaled(photo, scale, faces, None, scale, background=False)[0].shape == (96, 96, 3)
