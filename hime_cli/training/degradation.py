@@ -168,17 +168,14 @@ def blur_kernel(kind: str, params: tuple[float, ...]) -> np.ndarray | None:
     return (k / k.sum()).astype(np.float32)
 
 
-def _apply_blur(img: Tensor, kernel: np.ndarray | None) -> Tensor:
-    """img (3, H, W); reflect-padded correlation (OpenCV: ~10× faster than a per-image conv2d)."""
+def _blur_hwc(hwc: np.ndarray, kernel: np.ndarray | None) -> np.ndarray:
+    """(H, W, 3) float32; reflect-padded correlation (OpenCV: ~10× faster than a per-image conv2d)."""
     if kernel is None:
-        return img
-    hwc = np.ascontiguousarray(img.permute(1, 2, 0).cpu().numpy())
+        return hwc
     col, row = kernel.sum(1), kernel.sum(0)
     if np.allclose(np.outer(col, row), kernel, atol=1e-7):  # separable (isotropic Gaussian): two 1-D passes
-        out = cv2.sepFilter2D(hwc, -1, row, col, borderType=cv2.BORDER_REFLECT_101)
-    else:
-        out = cv2.filter2D(hwc, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
-    return torch.from_numpy(out).permute(2, 0, 1).to(img.device)
+        return cv2.sepFilter2D(hwc, -1, row, col, borderType=cv2.BORDER_REFLECT_101)
+    return cv2.filter2D(hwc, -1, kernel, borderType=cv2.BORDER_REFLECT_101)
 
 
 def downsample(img: Tensor, scale: int, kernel: str = "bicubic") -> Tensor:
@@ -211,31 +208,51 @@ def jpeg_roundtrip(img: np.ndarray, quality: int, offset: tuple[int, int] = (0, 
     return np.ascontiguousarray(out[oy : oy + h, ox : ox + w])
 
 
-def apply(hr: Tensor, d: Degradation, scale: int, rng: np.random.Generator) -> Tensor:
-    """One HR image (3, H, W) in [0, 1] → its degraded LR (3, H/scale, W/scale) in [0, 1].
+def apply_batch(hr: Tensor, draws: list[Degradation], scale: int, rngs: list[np.random.Generator]) -> Tensor:
+    """HR images (B, 3, H, W) in [0, 1] → their degraded LR (B, 3, H/scale, W/scale) in [0, 1].
 
-    ``rng`` draws the noise itself (so the noise is as reproducible as the choices)."""
-    if d.clean:
-        return downsample(hr[None], scale, "bicubic")[0].clamp(0, 1)
-    x = _apply_blur(hr, blur_kernel(d.blur, d.blur_params))
-    x = downsample(x[None], scale, d.kernel)[0].clamp(0, 1)
-    if d.noise_sigma > 0:
-        shape = (1, *x.shape[1:]) if d.grey_noise else tuple(x.shape)
-        noise = torch.from_numpy(rng.standard_normal(shape).astype(np.float32)).to(x) * (
-            d.noise_sigma / 255.0
-        )
-        if d.poisson_gain > 0:
-            shot = torch.from_numpy(rng.standard_normal(tuple(x.shape)).astype(np.float32)).to(x)
-            noise = noise + shot * torch.sqrt(x.clamp_min(0) * d.poisson_gain)
-        x = (x + noise).clamp(0, 1)
-    if d.jpeg:
-        arr = (x.permute(1, 2, 0).cpu().numpy() * 255.0).round().astype(np.uint8)
+    Image ``i`` gets ``draws[i]``, its noise drawn from ``rngs[i]`` (one generator per image for
+    evaluation, the same one repeated for training). Per-image work is numpy/OpenCV and the
+    resampling is one torch call per kernel: many tiny torch ops would each start the thread pool,
+    which on a busy CPU costs more than the work."""
+    if len(hr) == 0:
+        return hr.new_zeros((0, 3, hr.shape[-2] // scale, hr.shape[-1] // scale))
+    device = hr.device
+    images = hr.detach().cpu().permute(0, 2, 3, 1).numpy()
+    blurred = np.stack(
+        [
+            img if d.clean else _blur_hwc(np.ascontiguousarray(img), blur_kernel(d.blur, d.blur_params))
+            for img, d in zip(images, draws, strict=True)
+        ]
+    )
+    x = torch.from_numpy(blurred).permute(0, 3, 1, 2)
+    lr = torch.empty((len(hr), 3, hr.shape[-2] // scale, hr.shape[-1] // scale))
+    kernels = ["bicubic" if d.clean else d.kernel for d in draws]
+    for kernel in set(kernels):
+        rows = [i for i, k in enumerate(kernels) if k == kernel]
+        lr[rows] = downsample(x[rows], scale, kernel).clamp(0, 1)
+    out = lr.permute(0, 2, 3, 1).numpy().copy()
+    for i, (d, rng) in enumerate(zip(draws, rngs, strict=True)):
+        if d.clean:
+            continue
+        img = out[i]
+        if d.noise_sigma > 0:
+            shape = (*img.shape[:2], 1) if d.grey_noise else img.shape
+            noise = rng.standard_normal(shape).astype(np.float32) * (d.noise_sigma / 255.0)
+            if d.poisson_gain > 0:
+                shot = rng.standard_normal(img.shape).astype(np.float32)
+                noise = noise + shot * np.sqrt(np.clip(img, 0, None) * d.poisson_gain)
+            img = np.clip(img + noise, 0, 1)
+        arr = (img * 255.0).round().astype(np.uint8)  # an 8-bit photo either way
         for q in d.jpeg:
             arr = jpeg_roundtrip(arr, q, d.grid_offset)
-        x = torch.from_numpy(arr.astype(np.float32) / 255.0).permute(2, 0, 1).to(hr.device)
-    else:
-        x = (x * 255.0).round() / 255.0  # an 8-bit photo either way
-    return x
+        out[i] = arr.astype(np.float32) / 255.0
+    return torch.from_numpy(out).permute(0, 3, 1, 2).contiguous().to(device)
+
+
+def apply(hr: Tensor, d: Degradation, scale: int, rng: np.random.Generator) -> Tensor:
+    """One HR image (3, H, W) in [0, 1] → its degraded LR (3, H/scale, W/scale) in [0, 1]."""
+    return apply_batch(hr[None], [d], scale, [rng])[0]
 
 
 def degrade(
@@ -245,7 +262,8 @@ def degrade(
     cfg: DegradationConfig = DegradationConfig(),
 ) -> Tensor:
     """A batch (B, 3, H, W) → degraded LR batch, one independent draw per image (training)."""
-    return torch.stack([apply(img, draw(rng, cfg, scale), scale, rng) for img in hr])
+    draws = [draw(rng, cfg, scale) for _ in range(len(hr))]
+    return apply_batch(hr, draws, scale, [rng] * len(hr))
 
 
 def degrade_fixed(
@@ -254,11 +272,9 @@ def degrade_fixed(
     """Evaluation: image ``i`` degraded by a generator seeded with ``(seed, keys[i])``, so a face's
     degradation depends only on the seed and its own key (its index in the crop set), not on the
     batch it falls in or on which other faces are evaluated."""
-    out = []
-    for img, key in zip(hr, keys, strict=True):
-        rng = np.random.default_rng([int(seed), int(key)])
-        out.append(apply(img, draw(rng, cfg, scale), scale, rng))
-    return torch.stack(out)
+    rngs = [np.random.default_rng([int(seed), int(key)]) for key in keys]
+    draws = [draw(r, cfg, scale) for r in rngs]
+    return apply_batch(hr, draws, scale, rngs)
 
 
 __all__ = [
@@ -268,6 +284,7 @@ __all__ = [
     "Degradation",
     "DegradationConfig",
     "apply",
+    "apply_batch",
     "blur_kernel",
     "degrade",
     "degrade_fixed",
