@@ -113,7 +113,8 @@ class EnhanceOptions:
     device: str = "auto"
     compare: bool = False  # write before/after sheets
     compare_dir: Path | None = None
-    write_photos: bool = True  # False: `hime compare` (sheets only)
+    write_photos: bool = True  # False: `hime compare` (sheets only; the index is only read)
+    all_photos: bool = False  # also upscale photos with no face to enhance (skipped by default)
     paste: PasteOptions = field(default_factory=PasteOptions)
     batch_pixels: int | None = None
 
@@ -167,7 +168,7 @@ class FaceReport:
 class PhotoReport:
     source: Path
     dest: Path | None
-    status: str  # done | skipped | failed | dry-run
+    status: str  # done | skipped | no-face | failed | dry-run
     reason: str | None = None
     faces: tuple[FaceReport, ...] = ()
     size: tuple[int, int] | None = None  # input (width, height)
@@ -244,6 +245,7 @@ class EnhanceReport:
                 "skipped": self.count("skipped"),
                 "failed": self.count("failed"),
                 "dry_run": self.count("dry-run"),
+                "no_face": self.count("no-face"),
                 "format_fallbacks": sum(1 for p in self.photos if p.out_format and p.status != "failed"),
                 "faces_enhanced": self.faces_enhanced,
                 "faces_without_refs": self.faces_without_refs,
@@ -1028,8 +1030,11 @@ class Enhancer:
             self._emit(message="reading the reference photos")
             source = RefsFolderSource(opts.refs_dir)
         else:
+            # `hime compare` and --dry-run only read the index: photos it lacks are detected here
             source = IndexSource(
-                [p.source for _, p in todo], opts.dry_run, progress=lambda m: self._emit(message=m)
+                [p.source for _, p in todo],
+                opts.dry_run or not opts.write_photos,
+                progress=lambda m: self._emit(message=m),
             )
         try:
             for chunk in self._chunks(todo, source, reports):
@@ -1228,6 +1233,11 @@ class Enhancer:
         plan = pw.plan
         size = (loaded.width, loaded.height)
         out_size = (loaded.width * s, loaded.height * s)
+        if not pw.works and not opts.all_photos:  # a plain resize gains nothing: not written
+            return PhotoReport(
+                plan.source, None, "no-face", "no face to enhance (--all-photos upscales it anyway)",
+                tuple(pw.reports), size, out_size, seconds=time.perf_counter() - pw.started,
+            )  # fmt: skip
         if opts.dry_run:
             return PhotoReport(
                 plan.source, plan.dest, "dry-run", None, tuple(pw.reports), size, out_size,

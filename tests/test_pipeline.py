@@ -236,9 +236,16 @@ def test_max_face_leaves_large_faces_alone(assets: Path, photos: Path, tmp_path:
     out = tmp_path / "out"
     report = enhance([photos / "a.jpg"], _options(assets, out_dir=out, max_face=5, max_refs=0))
     (photo,) = report.photos
-    assert photo.status == "done" and photo.faces_enhanced == 0
+    # no face left to enhance: skipped by default (issue #10), upscaled with --all-photos
+    assert photo.status == "no-face" and photo.faces_enhanced == 0 and not (out / "a.jpg").exists()
     assert [f.status for f in photo.faces] == ["too-large"]
     assert report.sr_seconds == 0.0
+    report = enhance(
+        [photos / "a.jpg"], _options(assets, out_dir=out, max_face=5, max_refs=0, all_photos=True)
+    )
+    (photo,) = report.photos
+    assert photo.status == "done" and [f.status for f in photo.faces] == ["too-large"]
+    assert (out / "a.jpg").exists()
 
 
 def test_rerun_skips_then_force_and_source_change_redo(assets: Path, photos: Path, tmp_path: Path) -> None:

@@ -40,6 +40,14 @@ RefsOpt = Annotated[
     ),
 ]
 AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="With --refs: enhance every small face.")]
+AllPhotosOpt = Annotated[
+    bool,
+    typer.Option(
+        "--all-photos",
+        help="Also upscale photos with no face to enhance (by default they are skipped: a plain "
+        "resize adds bytes, not detail).",
+    ),
+]
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
@@ -86,6 +94,7 @@ def enhance_cmd(
     max_refs: MaxRefsOpt = 3,
     refs: RefsOpt = None,
     all_faces: AllFacesOpt = False,
+    all_photos: AllPhotosOpt = False,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compare: Annotated[
@@ -122,6 +131,7 @@ def enhance_cmd(
         max_refs=max_refs,
         refs_dir=refs,
         all_faces=all_faces,
+        all_photos=all_photos,
         weights=weights,
         device=device,
         compare=compare or compare_dir is not None,
@@ -250,12 +260,21 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
     rows = [
         ("photos done", report.count("done")),
         ("skipped (already done)", report.count("skipped")),
+        ("skipped (no face to enhance)", report.count("no-face")),
         ("failed", report.count("failed")),
         ("faces enhanced", report.faces_enhanced),
         ("faces without references", report.faces_without_refs),
     ]
     if options.dry_run:
         rows.insert(0, ("photos to enhance", report.count("dry-run")))
+    fallbacks = [p for p in report.photos if p.out_format and p.status != "failed"]
+    if fallbacks:
+        rows.append(
+            (
+                f"written as another format ({', '.join(sorted({p.out_format or '' for p in fallbacks}))})",
+                len(fallbacks),
+            )
+        )
     for name, value in rows:
         summary.add_row(name, str(value))
     summary.add_row("model", safe(f"{report.model or '-'} on {report.device or '-'}"))
@@ -268,6 +287,13 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
         table.add_column("reason", overflow="fold")
         for p in failed:
             table.add_row(safe(p.source), safe(p.reason or ""))
+        out.print(table)
+    if fallbacks:
+        table = Table(title="Written in another format", box=None, pad_edge=False)
+        table.add_column("photo", overflow="fold")
+        table.add_column("why", overflow="fold")
+        for p in fallbacks:
+            table.add_row(safe(p.source), safe(p.note or ""))
         out.print(table)
     if report.compare_index is not None:
         out.print(f"Before/after sheets: {safe(report.compare_index)}", highlight=False)
