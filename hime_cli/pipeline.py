@@ -82,6 +82,9 @@ SAME_SHOT_DIFF = 0.075
 # An exemplar should have at least the SR crop's resolution; when too few do, ones with this
 # fraction of it still carry far more detail than the input face and fill the quota.
 REF_MIN_FRACTION = 0.75
+# ... and never more than this many times the target face's own region (the reference size rule is
+# relative to the face: a 42 px face is sharpened by 100 px references, it does not need 165 px).
+REF_MIN_GAIN = 2.0
 CROP_CACHE = 256  # aligned exemplar crops kept in memory (≈ 200 KB each at 128 px)
 # How many faces of how many photos one SR round gathers (faces of many photos share batches).
 CHUNK_FACES = 64
@@ -117,6 +120,7 @@ class EnhanceOptions:
     all_photos: bool = False  # also upscale photos with no face to enhance (skipped by default)
     paste: PasteOptions = field(default_factory=PasteOptions)
     batch_pixels: int | None = None
+    hr_size: int | None = None  # references need a face region of at least this (px); None: the rule
 
     @property
     def face_limit(self) -> float:
@@ -139,6 +143,7 @@ class EnhanceOptions:
             "max_refs": self.max_refs,
             "refs": refs,
             "all_faces": self.all_faces,
+            "hr_size": self.hr_size,
             "weights": self.weights,
             "paste": asdict(self.paste),
         }
@@ -158,6 +163,7 @@ class FaceReport:
     lr_size: int | None = None
     refs: tuple[str, ...] = ()  # photo paths of the exemplars used
     reason: str | None = None
+    refs_reason: str | None = None  # why an enhanced face has no references
 
     @property
     def enhanced(self) -> bool:
@@ -215,6 +221,19 @@ class EnhanceReport:
         return sum(p.faces_without_refs for p in self.photos)
 
     @property
+    def without_refs_reasons(self) -> dict[str, int]:
+        """Faces enhanced without references, counted by reason (its words before any detail)."""
+        counts: dict[str, int] = {}
+        for p in self.photos:
+            if p.status == "failed":
+                continue
+            for f in p.faces:
+                if f.enhanced and not f.refs:
+                    kind = (f.refs_reason or "unknown").split(" (")[0]
+                    counts[kind] = counts.get(kind, 0) + 1
+        return counts
+
+    @property
     def failed(self) -> bool:
         return any(p.status == "failed" for p in self.photos)
 
@@ -229,6 +248,7 @@ class EnhanceReport:
                 "lr_size": f.lr_size,
                 "refs": list(f.refs),
                 "reason": f.reason,
+                "refs_reason": f.refs_reason,
             }
 
         return {
@@ -249,6 +269,7 @@ class EnhanceReport:
                 "format_fallbacks": sum(1 for p in self.photos if p.out_format and p.status != "failed"),
                 "faces_enhanced": self.faces_enhanced,
                 "faces_without_refs": self.faces_without_refs,
+                "without_refs_reasons": self.without_refs_reasons,
             },
             "photos": [
                 {
@@ -511,6 +532,26 @@ class EnhanceLedger:
             aside = move_aside(self.path)
             log.warning("%s Moved it to %s and started a new one.", exc.message, aside)
             self._conn = self._open()
+
+    @classmethod
+    def open_readonly(cls, path: Path | None = None) -> EnhanceLedger | None:
+        """The ledger opened read-only (``--dry-run``: what the real run would skip), None when
+        there is none or it cannot be read (the real run would then start a new one)."""
+        self = cls.__new__(cls)
+        self.path = path or (get_paths().data_dir / LEDGER_NAME)
+        if not self.path.is_file():
+            return None
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            self._conn.execute(
+                "SELECT settings, source_sha, dest_sha, dest_size, dest_mtime_ns FROM outputs LIMIT 1"
+            )
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot read the enhance ledger %s (%s): the dry run lists every photo", self.path, exc
+            )
+            return None
+        return self
 
     def _open(self) -> sqlite3.Connection:
         conn: sqlite3.Connection | None = None
@@ -897,6 +938,40 @@ class PhotoWork:
     )
 
 
+def _why_no_refs(
+    source: ExemplarSource,
+    face: TargetFace,
+    target: Face,
+    candidates: Sequence[Face],
+    min_region: float,
+    copies: int,
+    unreadable: int,
+) -> str:
+    """Why a face got no references, in the words the summary counts (before any " (detail)")."""
+    from hime_cli.faces.align import region_size
+
+    refs_mode = isinstance(source, RefsFolderSource)
+    if not refs_mode and face.identity_id is None:
+        return "no photo of this person (the face is in no identity; `hime scan` the person's photos)"
+    others = [c for c in candidates if c.id != target.id and c.photo_id != target.photo_id]
+    if not others:
+        return "no face found in --refs" if refs_mode else "no other photo of this person"
+    usable = [c for c in others if c.usable]
+    if not usable:
+        return f"references rejected or of poor quality ({len(others)} faces)"
+    largest = max(region_size(c.landmarks) for c in usable)
+    if largest < min_region:
+        return (
+            f"references smaller than {min_region:.0f} px (the largest is {largest:.0f} px; "
+            "--hr-size lowers the bar)"
+        )
+    if copies:
+        return f"the only references are copies of this photo ({copies})"
+    if unreadable:
+        return f"reference photos unreadable ({unreadable})"
+    return "no usable reference"
+
+
 def _same_shot(lr_crop: np.ndarray, ref_crop: np.ndarray) -> bool:
     """Is ``ref_crop`` (at L·s) the same picture as ``lr_crop`` (at L)? Both aligned with one policy.
 
@@ -929,6 +1004,8 @@ class Enhancer:
             raise UsageError("--max-refs must be 0 or more.")
         if not 0.0 <= options.min_score <= 1.0:
             raise UsageError("--min-score must be between 0 and 1.")
+        if options.hr_size is not None and options.hr_size <= 0:
+            raise UsageError("--hr-size must be positive.")
         if options.face_limit <= 0:
             raise UsageError("--max-face must be positive.")
         if options.refs_dir is not None and not options.refs_dir.is_dir():
@@ -980,14 +1057,16 @@ class Enhancer:
         reports: dict[int, PhotoReport] = {}
         todo: list[tuple[int, PlannedPhoto]] = []
         ledger = EnhanceLedger() if opts.write_photos and not opts.dry_run else None
+        # the dry run is the real run's plan: it skips what the real run would skip (read-only)
+        done = EnhanceLedger.open_readonly() if opts.write_photos and opts.dry_run else ledger
         try:
             for i, item in enumerate(planned):
                 if isinstance(item, PhotoReport):
                     reports[i] = item
                 elif (
-                    ledger is not None
+                    done is not None
                     and not opts.force
-                    and ledger.is_done(item.source, item.dest, settings, opts.in_place)
+                    and done.is_done(item.source, item.dest, settings, opts.in_place)
                 ):
                     reports[i] = PhotoReport(
                         item.source, item.dest, "skipped", "already enhanced with these settings"
@@ -1000,6 +1079,8 @@ class Enhancer:
         finally:
             if ledger is not None:
                 ledger.close()
+            if done is not None and done is not ledger:
+                done.close()
         photos = tuple(reports[i] for i in range(len(planned)))
         compare_index = self._write_compare_index(photos) if opts.compare else None
         return EnhanceReport(
@@ -1101,6 +1182,8 @@ class Enhancer:
             lr = crop_image(loaded.rgb, matrix, lr_size)
             refs: list[np.ndarray] = []
             ref_paths: list[str] = []
+            tiers = self._ref_size_tiers(det.landmarks, hr_size)
+            refs_reason: str | None = "--max-refs 0" if opts.max_refs == 0 else None
             if opts.max_refs > 0:
                 target_face = Face(
                     id=face.face_id if face.face_id is not None else 0,
@@ -1120,11 +1203,14 @@ class Enhancer:
                 canonical: np.ndarray | None = None
                 pool: list[tuple[np.ndarray, str]] = []
                 pool_size = max(opts.max_refs, APPEARANCE_POOL)
-                for cand in self._ranked_candidates(target_face, source.candidates(face), hr_size):
+                candidates = source.candidates(face)
+                copies = unreadable = 0
+                for cand in self._ranked_candidates(target_face, candidates, tiers):
                     if len(pool) >= pool_size:
                         break
                     crop = self._exemplar_crop(cand, hr_size)
                     if crop is None:
+                        unreadable += 1
                         continue
                     if canonical is None:
                         canonical = warp_to_crop(
@@ -1132,6 +1218,7 @@ class Enhancer:
                         )
                     if check_copies and _same_shot(canonical, crop):
                         log.info("exemplar %s is a copy of %s; not used", cand.photo_path, plan.source)
+                        copies += 1
                         continue
                     pool.append((crop, str(cand.photo_path)))
                 # of the best-scored candidates, those that look most like the LR face
@@ -1139,8 +1226,14 @@ class Enhancer:
                 for i in order[: opts.max_refs]:
                     refs.append(pool[i][0])
                     ref_paths.append(pool[i][1])
+                if not ref_paths:
+                    refs_reason = _why_no_refs(
+                        source, face, target_face, candidates, tiers[-1], copies, unreadable
+                    )
             status = "would-enhance" if opts.dry_run else "enhanced"
-            work.reports.append(replace(base, status=status, lr_size=lr_size, refs=tuple(ref_paths)))
+            work.reports.append(
+                replace(base, status=status, lr_size=lr_size, refs=tuple(ref_paths), refs_reason=refs_reason)
+            )
             work.works.append(FaceWork(0, k, det.landmarks, matrix, lr_size, lr, refs, ref_paths))
         return work
 
@@ -1162,15 +1255,29 @@ class Enhancer:
             self._crops.popitem(last=False)
         return crop
 
+    def _ref_size_tiers(self, landmarks: np.ndarray, hr_size: int) -> tuple[float, ...]:
+        """The native face region (px) a reference needs, best tier first.
+
+        ``--hr-size N``: N. Otherwise the SR crop's resolution ``L·s``, then, to fill the quota,
+        ``min(REF_MIN_FRACTION · L·s, REF_MIN_GAIN · R)`` for a face of region ``R``: twice the
+        face's own detail is enough to help it (a 42 px face takes 100 px references).
+        """
+        from hime_cli.faces.align import region_size
+
+        if self.options.hr_size is not None:
+            return (float(self.options.hr_size),)
+        fill = min(REF_MIN_FRACTION * hr_size, REF_MIN_GAIN * region_size(landmarks))
+        return (float(hr_size), fill)
+
     @staticmethod
-    def _ranked_candidates(target: Face, candidates: list[Face], hr_size: int) -> Iterator[Face]:
-        """Exemplar candidates best first, one per photo: those with at least ``hr_size`` native
-        pixels, then (to fill the quota) those with at least ``REF_MIN_FRACTION`` of it."""
+    def _ranked_candidates(target: Face, candidates: list[Face], tiers: Sequence[float]) -> Iterator[Face]:
+        """Exemplar candidates best first, one per photo: those with at least ``tiers[0]`` native
+        pixels, then (to fill the quota) those with at least the next tier."""
         from hime_cli.identities.exemplars import rank_exemplars
 
         used_photos: set[int] = set()
         seen: set[int] = set()
-        for min_region in (float(hr_size), REF_MIN_FRACTION * hr_size):
+        for min_region in tiers:
             for ranked in rank_exemplars(target, candidates, min_region=min_region):
                 cand = ranked.face
                 if cand.id in seen or cand.photo_id in used_photos:

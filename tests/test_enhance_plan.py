@@ -63,3 +63,70 @@ def test_compare_writes_nothing_to_the_index(assets: Path, mixed: Path, tmp_path
             assert index.count_photos() == 0 and index.count_faces() == 0
         finally:
             index.close()
+
+
+def test_every_face_without_references_says_why(assets: Path, tmp_path: Path) -> None:  # noqa: F811
+    """References smaller than the rule asks (relative to the face) are named, with the size;
+    --hr-size lowers the bar; --max-refs 0 says so; the summary counts the reasons."""
+    from hime_cli.faces.align import region_size
+    from hime_cli.faces.detect import get_detector
+
+    refs = tmp_path / "small-refs"
+    refs.mkdir()
+    Image.fromarray(small_astronaut(150)[:, ::-1].copy()).save(refs / "small.jpg", quality=95)
+    target = tmp_path / "t.jpg"
+    Image.fromarray(small_astronaut(128)).save(target, quality=92)
+    (ref_face,) = get_detector().detect(np.asarray(Image.open(refs / "small.jpg"), np.float32) / 255)
+    ref_region = region_size(ref_face.landmarks)
+
+    report = enhance([target], _options(assets, out_dir=tmp_path / "o1", refs_dir=refs, dry_run=True))
+    (face,) = report.photos[0].faces
+    assert face.enhanced and face.refs == ()
+    # the face's region is ~33 px (SR crop 34·4 = 136 px): references need 2 × 33 = 66 px to fill
+    assert face.refs_reason.startswith("references smaller than 6")
+    assert f"the largest is {ref_region:.0f} px" in face.refs_reason
+    data = report.to_json()
+    assert data["photos"][0]["faces"][0]["refs_reason"] == face.refs_reason
+    assert data["summary"]["without_refs_reasons"] == {face.refs_reason.split(" (")[0]: 1}
+
+    lowered = enhance(
+        [target],
+        _options(assets, out_dir=tmp_path / "o2", refs_dir=refs, dry_run=True, hr_size=int(ref_region) - 1),
+    )
+    (face,) = lowered.photos[0].faces
+    assert [Path(r).name for r in face.refs] == ["small.jpg"] and face.refs_reason is None
+
+    none = enhance(
+        [target], _options(assets, out_dir=tmp_path / "o3", refs_dir=refs, dry_run=True, max_refs=0)
+    )
+    assert none.photos[0].faces[0].refs_reason == "--max-refs 0"
+
+
+def test_the_reference_rule_is_relative_to_the_face() -> None:
+    """A 42 px face (region ~55 px) takes ~110 px references to fill, not 0.75 · 4 · 55 = 165 px."""
+    from hime_cli.faces.align import CANONICAL_LANDMARKS
+    from hime_cli.pipeline import EnhanceOptions, Enhancer
+
+    enhancer = Enhancer(EnhanceOptions())
+    landmarks = (CANONICAL_LANDMARKS * 55.0 + 10).astype(np.float32)
+    best, fill = enhancer._ref_size_tiers(landmarks, 55 * 4)
+    assert best == 220 and fill == pytest.approx(110, abs=2)
+    assert Enhancer(EnhanceOptions(hr_size=80))._ref_size_tiers(landmarks, 220) == (80.0,)
+
+
+def test_the_dry_run_skips_what_the_real_run_skips(assets: Path, mixed: Path, tmp_path: Path) -> None:  # noqa: F811
+    from hime_cli.paths import get_paths
+    from hime_cli.pipeline import LEDGER_NAME
+
+    out = tmp_path / "out"
+    opts = {"out_dir": out, "refs_dir": assets / "refs"}
+    enhance([mixed / "face.jpg"], _options(assets, **opts))
+    ledger = get_paths().data_dir / LEDGER_NAME
+    stamp = ledger.stat().st_mtime_ns
+    dry = enhance([mixed / "face.jpg"], _options(assets, dry_run=True, **opts))
+    assert [(p.status, p.reason) for p in dry.photos] == [("skipped", "already enhanced with these settings")]
+    real = enhance([mixed / "face.jpg"], _options(assets, **opts))
+    assert [p.status for p in real.photos] == ["skipped"]
+    assert ledger.stat().st_mtime_ns >= stamp
+    forced = enhance([mixed / "face.jpg"], _options(assets, dry_run=True, force=True, **opts))
+    assert [p.status for p in forced.photos] == ["dry-run"]

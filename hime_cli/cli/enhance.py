@@ -40,6 +40,15 @@ RefsOpt = Annotated[
     ),
 ]
 AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="With --refs: enhance every small face.")]
+HrSizeOpt = Annotated[
+    int | None,
+    typer.Option(
+        "--hr-size",
+        help="References need a face region of at least this many px. Default: relative to the "
+        "face (its SR crop, L·scale, preferred; twice its own region to fill; docs/enhance.md).",
+        show_default=False,
+    ),
+]
 AllPhotosOpt = Annotated[
     bool,
     typer.Option(
@@ -95,6 +104,7 @@ def enhance_cmd(
     refs: RefsOpt = None,
     all_faces: AllFacesOpt = False,
     all_photos: AllPhotosOpt = False,
+    hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     compare: Annotated[
@@ -132,6 +142,7 @@ def enhance_cmd(
         refs_dir=refs,
         all_faces=all_faces,
         all_photos=all_photos,
+        hr_size=hr_size,
         weights=weights,
         device=device,
         compare=compare or compare_dir is not None,
@@ -158,6 +169,7 @@ def compare_cmd(
     max_refs: MaxRefsOpt = 3,
     refs: RefsOpt = None,
     all_faces: AllFacesOpt = False,
+    hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
     device: DeviceOpt = "auto",
     json_out: JsonOpt = False,
@@ -175,6 +187,7 @@ def compare_cmd(
         max_refs=max_refs,
         refs_dir=refs,
         all_faces=all_faces,
+        hr_size=hr_size,
         weights=weights,
         device=device,
         compare=True,
@@ -265,6 +278,7 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
         ("faces enhanced", report.faces_enhanced),
         ("faces without references", report.faces_without_refs),
     ]
+    rows += [(f"  {reason}", n) for reason, n in sorted(report.without_refs_reasons.items())]
     if options.dry_run:
         rows.insert(0, ("photos to enhance", report.count("dry-run")))
     fallbacks = [p for p in report.photos if p.out_format and p.status != "failed"]
