@@ -99,15 +99,29 @@ def reject_cmd(
 
     with LibraryIndex.open(lock_timeout=10.0) as index:
         found = index.set_rejected(face_ids, rejected=not undo)
+        gated: list[tuple[int, str]] = []
         if undo and found:
             from hime_cli.identities.store import update_identities
 
             update_identities(index)
+            marks = ",".join("?" * len(found))
+            gated = index.conn.execute(
+                f"SELECT id, quality_reason FROM faces WHERE quality = 'reject' AND id IN ({marks})", found
+            ).fetchall()
     missing = [f for f in dict.fromkeys(face_ids) if f not in found]
     if missing:
         raise UsageError(
             f"no face {', '.join(map(str, missing))} in the index.",
             hint="see the ids with `hime faces list --all`.",
+        )
+    from rich.markup import escape
+
+    for face_id, reason in gated:
+        err.print(
+            escape(
+                f"face {face_id} stays out: the scan's quality gate rejected it ({reason}); it has no embedding."
+            ),
+            highlight=False,
         )
     verb = "are faces again" if undo else "marked as not a face"
     out.print(f"face{'s' if len(found) > 1 else ''} {', '.join(map(str, found))} {verb}", highlight=False)
