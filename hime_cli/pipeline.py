@@ -299,6 +299,7 @@ class Progress:
     faces_total: int  # faces planned so far (grows as photos are read)
     faces_done: int
     message: str = ""
+    stage: str = ""  # what the run is doing: loading the model, scanning, enhancing, ...
 
 
 ProgressCallback = Callable[[Progress], None]
@@ -1073,7 +1074,9 @@ class Enhancer:
                     )
                 else:
                     todo.append((i, item))
-            self._emit(photos_total=len(planned), photos_done=len(reports), message="planning")
+            self._emit(
+                photos_total=len(planned), photos_done=len(reports), message="planning", stage="planning"
+            )
             if todo:
                 self._process(todo, reports, settings, ledger)
         finally:
@@ -1105,18 +1108,23 @@ class Enhancer:
         if not opts.dry_run:
             from hime_cli.sr.inference import load_super_resolver
 
+            self._emit(message="loading the model", stage="loading the model")
             self.model = load_super_resolver(opts.weights, opts.scale, opts.device, opts.batch_pixels)
         source: ExemplarSource
         if opts.refs_dir is not None:
-            self._emit(message="reading the reference photos")
+            self._emit(message="reading the reference photos", stage="reading the reference photos")
             source = RefsFolderSource(opts.refs_dir)
         else:
+            self._emit(message="opening the library index", stage="opening the library index")
             # `hime compare` and --dry-run only read the index: photos it lacks are detected here
             source = IndexSource(
                 [p.source for _, p in todo],
                 opts.dry_run or not opts.write_photos,
-                progress=lambda m: self._emit(message=m),
+                progress=lambda m: self._emit(
+                    message=m, stage=m.split(" ")[0] if m.startswith("scanning") else m
+                ),
             )
+        self._emit(message="enhancing", stage="enhancing")
         try:
             for chunk in self._chunks(todo, source, reports):
                 self._run_chunk(chunk, reports, settings, ledger)

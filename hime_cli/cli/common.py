@@ -35,6 +35,11 @@ def progress_enabled() -> bool:
     return err.is_terminal and not os.environ.get("HIME_NO_PROGRESS")
 
 
+def progress_lines_enabled() -> bool:
+    """stderr is not a terminal (a log, CI): progress as a few plain lines, unless HIME_NO_PROGRESS."""
+    return not err.is_terminal and not os.environ.get("HIME_NO_PROGRESS")
+
+
 def print_json(obj: Any) -> None:
     """Write one JSON document to stdout (plain, no rich markup), always valid UTF-8.
 

@@ -3,12 +3,23 @@
 from __future__ import annotations
 
 import logging
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, progress_enabled, safe
+from hime_cli.cli.common import (
+    EXIT_FAILED,
+    err,
+    handle_errors,
+    out,
+    print_json,
+    progress_enabled,
+    progress_lines_enabled,
+    safe,
+)
 
 if TYPE_CHECKING:
     from hime_cli.pipeline import EnhanceOptions, EnhanceReport, Progress
@@ -220,6 +231,8 @@ def _run(paths: list[Path], options: EnhanceOptions, json_out: bool) -> None:
     _setup_logging()
     if progress_enabled():
         report = _with_progress(paths, options)
+    elif progress_lines_enabled():
+        report = _with_log_lines(paths, options)
     else:
         report = enhance(paths, options)
     if json_out:
@@ -228,6 +241,71 @@ def _run(paths: list[Path], options: EnhanceOptions, json_out: bool) -> None:
         _print_report(report, options)
     if report.failed:
         raise typer.Exit(EXIT_FAILED)
+
+
+class LogLines:
+    """Progress when stderr is not a terminal (a log file, CI): one line per stage, one per
+    ``every`` photos with the elapsed time and an ETA, and a final summary line."""
+
+    def __init__(self, write: Callable[[str], None], every: int | None = None) -> None:
+        self.write = write
+        self.every = every
+        self.start = time.monotonic()
+        self.stage = ""
+        self.enhancing_since: float | None = None
+        self.done_at_start = 0
+        self.last_done = -1
+
+    def __call__(self, p: Progress) -> None:
+        now = time.monotonic()
+        if p.stage and p.stage != self.stage:
+            self.stage = p.stage
+            self.write(f"hime: {p.stage}…")
+            if p.stage == "enhancing":
+                self.enhancing_since, self.done_at_start = now, p.photos_done
+        every = self.every or max(1, min(25, round(p.photos_total / 20)))
+        if p.photos_done == self.last_done or not p.photos_total or not p.photos_done:
+            return
+        if p.photos_done % every and p.photos_done != p.photos_total:
+            return
+        self.last_done = p.photos_done
+        line = f"hime: {p.photos_done}/{p.photos_total} photos, {p.faces_done} faces, {_duration(now - self.start)}"
+        if (
+            self.enhancing_since is not None
+            and p.photos_done > self.done_at_start
+            and p.photos_done < p.photos_total
+        ):
+            rate = (now - self.enhancing_since) / (p.photos_done - self.done_at_start)
+            line += f", ETA {_duration(rate * (p.photos_total - p.photos_done))}"
+        self.write(line)
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def _with_log_lines(paths: list[Path], options: EnhanceOptions) -> EnhanceReport:
+    from hime_cli.pipeline import enhance
+
+    lines = LogLines(lambda text: err.print(safe(text), highlight=False))
+    report = enhance(paths, options, lines)
+    summary = ", ".join(
+        f"{report.count(status)} {name}"
+        for status, name in (
+            ("done", "done"),
+            ("skipped", "skipped"),
+            ("no-face", "no face"),
+            ("failed", "failed"),
+            ("dry-run", "planned"),
+        )
+        if report.count(status) or status in ("done", "failed")
+    )
+    err.print(
+        safe(f"hime: finished: {summary}, {report.faces_enhanced} faces, {_duration(report.seconds)}"),
+        highlight=False,
+    )
+    return report
 
 
 def _with_progress(paths: list[Path], options: EnhanceOptions) -> EnhanceReport:
@@ -247,6 +325,7 @@ def _with_progress(paths: list[Path], options: EnhanceOptions) -> EnhanceReport:
         faces = bar.add_task("faces", total=None, note="")
 
         def update(p: Progress) -> None:  # type: ignore[no-redef]
+            # while the model loads (20-30 s) the bar says so instead of a bare "0/?"
             bar.update(photos, total=p.photos_total, completed=p.photos_done, note=safe(p.message))
             bar.update(faces, total=max(p.faces_total, 1), completed=p.faces_done, note="")
 
