@@ -157,7 +157,7 @@ def main() -> int:
         torch.set_num_threads(args.threads)
     work = Path(tempfile.mkdtemp(prefix="hime-peers-"))
     os.environ["HIME_HOME"] = str(work / "home")
-    from hime_cli.faces.embed import get_embedder
+    from hime_cli.faces.embed import DlibEmbedder
     from hime_cli.library.reader import load_image
     from hime_cli.pipeline import EnhanceOptions, enhance
     from hime_cli.sr.pasteback import upscale_photo
@@ -167,7 +167,7 @@ def main() -> int:
     log(f"{len(picked)} photos of {len({p.parent for p, _ in picked})} people, faces "
         f"{min(f.size for _, f in picked) / 4:.0f}–{max(f.size for _, f in picked) / 4:.0f} px after the shrink")  # fmt: skip
     peer = build_realesrgan(args.peer)
-    embedder = get_embedder("dlib")
+    embedder = DlibEmbedder(flip=False, unit=False)  # raw dlib distance, as hime eval reports it
     rows: list[dict] = []
     seconds = {m: 0.0 for m in METHODS}
     for k, (photo, face) in enumerate(picked):

@@ -132,7 +132,7 @@ class IdentityDistance:
 
     def __init__(self) -> None:
         from hime_cli.faces.align import CANONICAL_LANDMARKS
-        from hime_cli.faces.embed import get_embedder
+        from hime_cli.faces.embed import DlibEmbedder
         from hime_cli.types import Box, DetectedFace
 
         lm = (CANONICAL_LANDMARKS * HR_SIZE).astype(np.float32)
@@ -142,7 +142,10 @@ class IdentityDistance:
         w, h = 2.3 * iod, 3.0 * iod
         top = eye_y - 0.40 * h
         self._face = DetectedFace(box=Box(cx - w / 2, top, cx + w / 2, top + h), landmarks=lm, score=1.0)
-        self._embedder = get_embedder("dlib")
+        # The raw dlib descriptor (one view, its own length), as every identity distance in the
+        # docs and model cards was measured: the index's flip-averaged unit vectors would shrink
+        # distances by ~0.73 and make numbers incomparable across releases.
+        self._embedder = DlibEmbedder(flip=False, unit=False)
 
     def embed(self, images: torch.Tensor) -> np.ndarray:
         arr = (images.clamp(0, 1) * 255.0).round().byte().permute(0, 2, 3, 1).cpu().numpy()

@@ -171,10 +171,10 @@ def prepare_crops(
 ) -> tuple[CropSet, dict]:
     """Detect, verify identity and crop every photo under ``root/<identity>/``."""
     from hime_cli.faces.detect import FaceDetector
-    from hime_cli.faces.embed import get_embedder
+    from hime_cli.faces.embed import DlibEmbedder
 
     detector = FaceDetector(min_face_size=24)  # on the ≤512 px copy; kept faces are ≥ 112 px regions
-    embedder = get_embedder("dlib")
+    embedder = DlibEmbedder(flip=False, unit=False)  # raw descriptors: SAME_IDENTITY_MAX_DIST is set for them
     identity_dirs = sorted(p for p in root.iterdir() if p.is_dir())
     if limit_identities:
         identity_dirs = identity_dirs[:limit_identities]
