@@ -696,6 +696,8 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader | None:
     """Format and size of ``path`` from its header (cheap: no pixels decoded); None when unreadable."""
     from PIL import Image
 
+    if not is_regular_file(path):  # a FIFO would block the open; the real read reports it
+        return None
     _register_heif()
     try:
         with warnings.catch_warnings():
