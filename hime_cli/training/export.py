@@ -24,9 +24,7 @@ LICENCE = (
 )
 
 
-def _card(
-    name: str, arch: str, scale: int, variant: str, train: dict, evaluation: dict, hardware: str, notes: str
-) -> str:
+def _table(evaluation: dict) -> str:
     m = evaluation.get("methods", {})
 
     def row(method: str) -> str:
@@ -36,7 +34,40 @@ def _card(
         ms = f"{r['ms_per_face']:.1f}" if "ms_per_face" in r else "-"
         return f"| {method} | {r['psnr']:.2f} | {r['ssim']:.4f} | {r.get('id_dist', float('nan')):.4f} | {ms} |\n"
 
+    methods = ("bicubic", "hime", "hime_random_refs", "hime_blank", "hime_wrong_refs")
+    return "| method | PSNR (dB) | SSIM | id dist | ms/face |\n|---|---|---|---|---|\n" + "".join(
+        row(x) for x in methods
+    )
+
+
+def _card(
+    name: str,
+    arch: str,
+    scale: int,
+    variant: str,
+    train: dict,
+    evaluation: dict,
+    hardware: str,
+    notes: str,
+    evaluation_real: dict | None = None,
+) -> str:
     cfg = train.get("config", {})
+    degradation = cfg.get("sampler", {}).get("degradation")
+    lr_text = (
+        f"LR = the `real` degradation ↓{scale} (hime_cli/training/degradation.py: blur, bicubic/bilinear/area, "
+        f"noise, JPEG q30–95; clean bicubic share {degradation.get('clean_prob')})"
+        if degradation
+        else f"LR = antialiased bicubic ↓{scale}"
+    )
+    real_section = ""
+    if evaluation_real:
+        real_section = f"""
+## Dev metrics under the `real` degradation (`hime eval ... --degradation real --seed {evaluation_real.get("seed", 0)}`)
+
+Each face degraded once from (seed, crop index): blur, kernel, noise and JPEG drawn as in
+docs/training.md; references picked by the degraded LR face.
+
+{_table(evaluation_real)}"""
     return f"""# {name}
 
 HIME ({variant}) ×{scale}: reference-based face super-resolution, {evaluation.get("lr_size", 128 // scale)} → 128 px
@@ -50,7 +81,7 @@ aligned face crops, trained by the hime project (`hime_cli/sr/hime.py`, architec
   the time budget, batch {cfg.get("batch", "?")}, grad-norm clip {cfg.get("grad_clip", "?")}, seed {cfg.get("seed", "?")}.
   Samples: HR = canonical 128 px crop with framing jitter (±{cfg.get("sampler", {}).get("rot_deg", "?")}°,
   ±{cfg.get("sampler", {}).get("shift", "?")} shift, zoom up to {cfg.get("sampler", {}).get("max_zoom", "?")} with p={cfg.get("sampler", {}).get("p_zoom", "?")}),
-  LR = antialiased bicubic ↓{scale}; up to 3 references = other photos of the same identity; p={cfg.get("sampler", {}).get("p_blank", "?")}
+  {lr_text}; up to 3 references = other photos of the same identity; p={cfg.get("sampler", {}).get("p_blank", "?")}
   no reference, p={cfg.get("sampler", {}).get("p_wrong", "?")} references of another person, p={cfg.get("sampler", {}).get("p_self", 0)} (of the
   samples with true references) the first reference is the target itself, re-framed and re-lit;
   p={cfg.get("sampler", {}).get("p_similar", 0)} (of those) the true references are the person's most similar-looking photos.
@@ -61,9 +92,7 @@ aligned face crops, trained by the hime project (`hime_cli/sr/hime.py`, architec
 {evaluation.get("faces", "?")} faces of {evaluation.get("identities", "?")} identities; PSNR/SSIM on RGB 0–255 over the whole crop;
 id dist = dlib embedding distance to the HR crop (lower is better); ms/face on this project's 2-core CPU.
 
-| method | PSNR (dB) | SSIM | id dist | ms/face |
-|---|---|---|---|---|
-{row("bicubic")}{row("hime")}{row("hime_random_refs")}{row("hime_blank")}{row("hime_wrong_refs")}
+{_table(evaluation)}{real_section}
 {notes}
 """
 
@@ -78,6 +107,7 @@ def export_release(
     hardware: str,
     notes: str = "",
     default: bool = True,
+    evaluation_real: dict | None = None,
     models_dir: Path | None = None,
 ) -> Path:
     from hime_cli.sr.registry import create_model
@@ -91,7 +121,7 @@ def export_release(
     scale = int(evaluation["scale"])
     variant = arch.split("_")[1]
     card = models_dir / f"{name}.md"
-    card.write_text(_card(name, arch, scale, variant, train, evaluation, hardware, notes))
+    card.write_text(_card(name, arch, scale, variant, train, evaluation, hardware, notes, evaluation_real))
     metrics = {
         f"{m}_{k}": v
         for m, r in evaluation.get("methods", {}).items()
@@ -106,6 +136,15 @@ def export_release(
             if k in ("psnr", "ssim", "id_dist")
         }
     )
+    if evaluation_real:
+        metrics.update(
+            {
+                f"real_{m}_{k}": v
+                for m, r in evaluation_real.get("methods", {}).items()
+                for k, v in r.items()
+                if k in ("psnr", "ssim", "id_dist")
+            }
+        )
     entry = entry_from_file(
         dest,
         name,
@@ -129,10 +168,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--arch", required=True)
     p.add_argument("--tag", required=True)
     p.add_argument("--eval", type=Path, required=True, help="hime eval --json output")
+    p.add_argument("--eval-real", type=Path, help="hime eval --degradation real --json output")
     p.add_argument("--train-summary", type=Path, required=True, help="JSON: steps, elapsed_s, config")
     p.add_argument("--hardware", required=True)
     p.add_argument("--notes", type=Path)
     p.add_argument("--models-dir", type=Path)
+    p.add_argument("--not-default", action="store_true", help="register without making it the default")
     a = p.parse_args(argv)
     dest = export_release(
         a.weights,
@@ -143,6 +184,8 @@ def main(argv: list[str] | None = None) -> None:
         hardware=a.hardware,
         notes=a.notes.read_text() if a.notes else "",
         models_dir=a.models_dir,
+        evaluation_real=json.loads(a.eval_real.read_text()) if a.eval_real else None,
+        default=not a.not_default,
     )
     print(dest)
 
