@@ -583,6 +583,19 @@ class EnhanceLedger:
     def close(self) -> None:
         self._conn.close()
 
+    def outputs(self) -> frozenset[bytes]:
+        """Every file a run wrote with ``--out`` (in place, the photo is the user's: not listed)."""
+        try:
+            rows = self._conn.execute("SELECT dest FROM outputs WHERE in_place = 0").fetchall()
+        except sqlite3.Error:  # a read-only ledger from before version 2: all its rows
+            try:
+                rows = self._conn.execute("SELECT dest FROM outputs").fetchall()
+            except sqlite3.Error:
+                return frozenset()
+        return frozenset(
+            bytes(r[0]) if isinstance(r[0], (bytes, memoryview)) else os.fsencode(r[0]) for r in rows
+        )
+
     @staticmethod
     def _key(path: Path) -> bytes:
         return os.fsencode(os.path.abspath(path))
@@ -823,6 +836,7 @@ class IndexSource(ExemplarSource):
             self.index = LibraryIndex.open(lock_timeout=30.0)
             self._scan_missing(photos, progress)
         self._identified: tuple[np.ndarray, list[int]] | None = None
+        self.outputs: frozenset[bytes] = frozenset()  # files hime wrote (--out): never exemplars
 
     def close(self) -> None:
         if self.index is not None:
@@ -903,9 +917,17 @@ class IndexSource(ExemplarSource):
         return ids[best] if d[best] < threshold_for("dlib") else None
 
     def candidates(self, target: TargetFace) -> list[Face]:
+        """The identity's faces, less those of photos hime wrote (an ``--out`` inside the library
+        gets scanned: its enhanced faces must never sharpen another face)."""
         if self.index is None or target.identity_id is None:
             return []
-        return list(self.index.iter_faces(identity_id=target.identity_id, with_embeddings=False))
+        faces = self.index.iter_faces(identity_id=target.identity_id, with_embeddings=False)
+        return [f for f in faces if not self._is_output(Path(f.photo_path))]
+
+    def _is_output(self, path: Path) -> bool:
+        if not self.outputs:
+            return False
+        return any(os.fsencode(p) in self.outputs for p in (os.path.abspath(path), os.path.realpath(path)))
 
 
 # ---------------------------------------------------------------------------------- one photo
@@ -1124,6 +1146,13 @@ class Enhancer:
                     message=m, stage=m.split(" ")[0] if m.startswith("scanning") else m
                 ),
             )
+        if isinstance(source, IndexSource) and ledger is not None:
+            source.outputs = ledger.outputs()
+        elif isinstance(source, IndexSource):
+            readonly = EnhanceLedger.open_readonly()
+            if readonly is not None:
+                source.outputs = readonly.outputs()
+                readonly.close()
         self._emit(message="enhancing", stage="enhancing")
         try:
             for chunk in self._chunks(todo, source, reports):

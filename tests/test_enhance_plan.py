@@ -130,3 +130,39 @@ def test_the_dry_run_skips_what_the_real_run_skips(assets: Path, mixed: Path, tm
     assert ledger.stat().st_mtime_ns >= stamp
     forced = enhance([mixed / "face.jpg"], _options(assets, dry_run=True, force=True, **opts))
     assert [p.status for p in forced.photos] == ["dry-run"]
+
+
+def test_files_hime_wrote_never_become_exemplars(tmp_path: Path) -> None:
+    """An --out inside the library gets scanned; its enhanced faces are never candidates (#10 item 5,
+    the part that lives in the pipeline: the ledger knows every file a run wrote)."""
+    import os
+    from dataclasses import replace as dc_replace
+
+    from hime_cli.pipeline import EnhanceLedger, IndexSource, TargetFace
+    from hime_cli.types import Box, DetectedFace, Face
+
+    ledger = EnhanceLedger(tmp_path / "ledger.sqlite3")
+    written = tmp_path / "lib" / "out" / "a.jpg"
+    ledger.expect(written, "settings", "src-sha", "dest-sha")
+    ledger.expect(tmp_path / "lib" / "b.jpg", "settings", None, None)  # in place: the user's photo
+    outputs = ledger.outputs()
+    ledger.close()
+
+    lm = np.zeros((5, 2), np.float32)
+    face = Face(1, 1, tmp_path / "lib" / "c.jpg", Box(0, 0, 10, 10), lm, 0.99, 10.0, 1.0, identity_id=7)
+    faces = [
+        dc_replace(face, id=2, photo_id=2, photo_path=written),
+        dc_replace(face, id=3, photo_id=3, photo_path=tmp_path / "lib" / "b.jpg"),
+    ]
+
+    class Index:
+        def iter_faces(self, **kw):
+            assert kw["identity_id"] == 7
+            return iter(faces)
+
+    source = IndexSource.__new__(IndexSource)
+    source.index = Index()
+    source.outputs = outputs
+    target = TargetFace(DetectedFace(Box(0, 0, 10, 10), lm, 0.99), identity_id=7)
+    assert [f.id for f in source.candidates(target)] == [3]
+    assert os.fsencode(os.path.abspath(written)) in outputs
