@@ -74,8 +74,11 @@ DEFAULT_MAX_REFS = 3
 # with the face's area. ×2 runs the same ×4 model on the same input faces: the same limit. The ×8
 # model is trained on 16 px faces, half the ×4 model's: half the limit.
 _DEFAULT_MAX_FACE = {2: 96.0, 4: 96.0, 8: 48.0}
-# A reference folder face must be at least this close (dlib distance) to be "the person".
-REFS_MATCH_DISTANCE = 0.60
+# A reference folder face must be at least this close to be "the person". The embeddings are
+# flip-averaged unit vectors (hime_cli/faces/embed.py): on 6 dev people, 3 % of a person's own
+# faces lie beyond 0.45 from their medoid and 1 % of other people's within it (at the raw-descriptor
+# bar of 0.60 that these vectors replaced, 61 % of other people's faces passed).
+REFS_MATCH_DISTANCE = 0.45
 # Two crops this similar (see _same_shot) are the same shot, e.g. a resized export of the photo
 # being enhanced: never a reference.
 SAME_SHOT_DIFF = 0.075
