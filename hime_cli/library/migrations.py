@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import sqlite3
 from dataclasses import dataclass
-from datetime import datetime, timezone
+
+from hime_cli.library import sqlite_store
+from hime_cli.library.sqlite_store import StoreMigration
 
 
 @dataclass(frozen=True)
@@ -102,51 +104,18 @@ MIGRATIONS: tuple[Migration, ...] = (
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
-
-
-def current_version(conn: sqlite3.Connection) -> int:
-    """The schema version of an open index (0 for an empty database)."""
-    row = conn.execute(
-        "SELECT name FROM sqlite_master WHERE type = 'table' AND name = 'schema_version'"
-    ).fetchone()
-    if row is None:
-        return 0
-    (version,) = conn.execute("SELECT COALESCE(MAX(version), 0) FROM schema_version").fetchone()
-    return int(version)
+current_version = sqlite_store.current_version  # the schema version of an open index (0: empty)
 
 
 def apply_migrations(conn: sqlite3.Connection) -> list[int]:
     """Bring the schema up to ``LATEST_VERSION``; returns the versions applied.
 
     The connection must be in autocommit mode (``isolation_level=None``): each migration runs in
-    its own ``BEGIN IMMEDIATE`` transaction, so a crash leaves the index at a whole version.
+    its own ``BEGIN IMMEDIATE`` transaction, so a crash leaves the index at a whole version (the
+    one runner the backup manifest and the enhance ledger use too: ``library.sqlite_store``).
     """
-    conn.execute(
-        "CREATE TABLE IF NOT EXISTS schema_version ("
-        " version INTEGER PRIMARY KEY, description TEXT NOT NULL, applied_at TEXT NOT NULL)"
-    )
-    applied: list[int] = []
-    for migration in MIGRATIONS:
-        if migration.version <= current_version(conn):
-            continue
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            # Re-check under the write lock: another process may have migrated meanwhile.
-            if migration.version <= current_version(conn):
-                conn.execute("ROLLBACK")
-                continue
-            for statement in _split_statements(migration.sql):
-                conn.execute(statement)
-            conn.execute(
-                "INSERT INTO schema_version (version, description, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.description, datetime.now(timezone.utc).isoformat()),
-            )
-            conn.execute("COMMIT")
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        applied.append(migration.version)
-    return applied
+    steps = [StoreMigration(m.version, m.description, tuple(_split_statements(m.sql))) for m in MIGRATIONS]
+    return sqlite_store.apply_migrations(conn, steps, "library index")
 
 
 def _split_statements(sql: str) -> list[str]:
