@@ -416,15 +416,25 @@ def test_missing_backup_falls_back_to_indexing_the_file(library: Path) -> None:
 
 _INTERRUPT_SCRIPT = """
 import sys
+import time
 from hime_cli.library.index import LibraryIndex
 from hime_cli.library.scan import scan_paths
 from tests.library.fakes import CentreDetector, MeanColourEmbedder
 
+
+class SlowDetector(CentreDetector):
+    # The delay sits in detection, which every photo goes through: the quality gate may reject a
+    # synthetic face before embedding, and an embedder delay would then never happen.
+    def detect(self, rgb):
+        time.sleep(float(sys.argv[3]))
+        return super().detect(rgb)
+
+
 if __name__ == "__main__":
     with LibraryIndex.open(sys.argv[1]) as index:
         try:
-            scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(delay_s=float(sys.argv[3])),
-                       detector=CentreDetector(), workers=2)
+            scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(),
+                       detector=SlowDetector(), workers=2)
         except KeyboardInterrupt:
             print("INTERRUPTED", flush=True)
             sys.exit(130)
