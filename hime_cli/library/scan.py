@@ -190,7 +190,7 @@ class _Analyser:
         self._force = force
         self._detector = detector
         self._device = device
-        self.uses_torch = detector is None or self._embedder_name == "facenet"
+        self.uses_torch = True  # MTCNN, and dlib's ResNet runs in torch too (faces.dlib_resnet)
 
     def __call__(self, pending: _Pending, *, allow_shortcuts: bool = True) -> _Analysed:
         result = _Analysed(pending)
