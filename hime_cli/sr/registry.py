@@ -3,6 +3,10 @@
 Architectures register a constructor with :func:`register_model`; weights are addressed as
 ``arch.tag`` (e.g. ``hime_small_x4.celeba_wild_v1``) and resolved by :mod:`hime_cli.hub`.
 Weights are loaded with ``safetensors`` and ``strict=True``; pickles are never unpickled.
+
+This module is a leaf: it imports no architecture. Each architecture module registers itself
+when imported, and ``hime_cli/sr/__init__.py`` is the one place that imports them all, so any
+``from hime_cli.sr.registry import create_model`` sees every architecture.
 """
 
 from __future__ import annotations
@@ -116,7 +120,3 @@ def create_model(
     if checkpoint_path is not None:
         load_state(model, checkpoint_path, _FILTERS.get(arch))
     return model
-
-
-# Explicit registration: importing an architecture module runs its @register_model decorators.
-from hime_cli.sr import hime as _hime  # noqa: E402,F401

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import sys
-import types
+import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -99,18 +99,35 @@ def test_pickles_and_corrupt_files_are_refused(tmp_path):
         load_state(model, corrupt)
 
 
-def test_pretrained_delegates_to_hub(tmp_path, monkeypatch):
-    torch.manual_seed(3)
-    source = create_model("hime_test_x4")
-    path = tmp_path / "hub.safetensors"
-    save_file(_state(source), str(path))
-    calls = []
-    fake_hub = types.ModuleType("hime_cli.hub")
-    fake_hub.resolve_weights = lambda name: calls.append(name) or path
-    monkeypatch.setitem(sys.modules, "hime_cli.hub", fake_hub)
-    model = create_model("hime_test_x4.v1", pretrained=True)
-    assert calls == ["hime_test_x4.v1"]
-    assert torch.equal(model.reconstructor.tail.weight, source.reconstructor.tail.weight)
+def test_pretrained_loads_the_registered_file():
+    """``pretrained=True`` goes through the real hub resolution (offline: the repo's models/)."""
+    from safetensors.torch import load_file
+
+    from hime_cli.hub import resolve_weights
+
+    models = Path(__file__).resolve().parents[2] / "models"
+    entry = next(w for w in json.loads((models / "registry.json").read_text())["weights"] if w["scale"] == 4)
+    resolved = resolve_weights(entry["name"])
+    assert (resolved.path.name, resolved.source) == (entry["file"], "bundled")
+    model = create_model(entry["name"], pretrained=True)
+    expected = load_file(str(models / entry["file"]))
+    assert torch.equal(model.reconstructor.tail.weight, expected["reconstructor.tail.weight"])
+    assert not torch.equal(
+        model.reconstructor.tail.weight, create_model(entry["arch"]).reconstructor.tail.weight
+    )
+
+
+def test_registry_is_a_leaf():
+    """The registry imports no architecture (they register themselves; hime_cli.sr imports them)."""
+    import ast
+
+    import hime_cli.sr.registry as registry
+
+    tree = ast.parse(Path(registry.__file__).read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    imported |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not {m for m in imported if m.startswith("hime_cli.sr")}, imported
+    assert "hime_small_x4" in list_models()
 
 
 def test_checkpoint_filter_strips_prefixes_only_at_the_start():
