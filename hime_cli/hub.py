@@ -23,20 +23,19 @@ Every registered weight's sha256 is checked wherever it came from; a mismatch is
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import logging
 import os
 import re
 import struct
 import sys
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hime_cli.errors import DependencyError, IntegrityError, ModelError
+from hime_cli.files import atomic_write_bytes, sha256_file
 from hime_cli.paths import get_paths
 
 __all__ = [
@@ -248,7 +247,7 @@ def _write_registry(path: Path, entries: Iterable[WeightEntry]) -> None:
         "weights": [e.to_json() for e in sorted(entries, key=lambda e: e.name)],
     }
     payload = (json.dumps(doc, indent=2, sort_keys=False, ensure_ascii=False) + "\n").encode("utf-8")
-    _atomic_write_bytes(path, payload)
+    atomic_write_bytes(path, payload, error=ModelError)
 
 
 def register_weight(entry: WeightEntry, *, path: Path | None = None, replace: bool = False) -> Path:
@@ -324,15 +323,6 @@ def find_entry(name: str, registry: dict[str, WeightEntry] | None = None) -> Wei
 # ---------------------------------------------------------------------------------- integrity
 
 _VERIFIED: dict[tuple[str, int, int], str] = {}  # (path, size, mtime_ns) -> sha256, per process
-
-
-def sha256_file(path: str | Path, chunk_size: int = 1 << 20) -> str:
-    """Hex sha256 of a file, streamed."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(chunk_size):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _sha256_cached(path: Path) -> str:
@@ -601,28 +591,3 @@ def download_weights(name: str, *, force: bool = False) -> ResolvedWeights:
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def _atomic_write_bytes(path: Path, payload: bytes) -> None:
-    """Write ``payload`` to ``path`` via a temp file + fsync + rename (no torn registry)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    try:
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(dir_fd)
-    except OSError:
-        pass
-    finally:
-        os.close(dir_fd)

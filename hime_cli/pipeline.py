@@ -50,6 +50,7 @@ import numpy as np
 
 from hime_cli.errors import HimeError, StoreDamagedError, UsageError
 from hime_cli.faces.align import alignment_matrix, warp_to_crop
+from hime_cli.files import atomic_write_bytes, sha256_file
 from hime_cli.identities.exemplars import APPEARANCE_POOL, order_by_appearance
 from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, move_aside, translate
 from hime_cli.luma import luma
@@ -475,14 +476,6 @@ def _inside_any(path: Path, folders: Sequence[Path]) -> bool:
 # ---------------------------------------------------------------------------------- ledger
 
 
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 LEDGER_NAME = "enhance-ledger.sqlite3"
 # Numbered migrations of the ledger (like the index's). Version 1 is the table every ledger had
 # before versions were recorded. Version 2 keeps one record of what hime wrote: for a photo
@@ -627,11 +620,11 @@ class EnhanceLedger:
                 return written_in_place(dest)
             except OSError:
                 return False
-        if not same_stamp and (row[2] is None or file_sha256(dest) != row[2]):
+        if not same_stamp and (row[2] is None or sha256_file(dest) != row[2]):
             return False
         if row[1] is not None:
             try:
-                return file_sha256(source) == row[1]
+                return sha256_file(source) == row[1]
             except OSError:
                 return False
         return True
@@ -1447,7 +1440,7 @@ class Enhancer:
         ``source``: the bytes ``loaded`` was decoded from; the encoder settings (DPI above all)
         come from them, not from the file at the photo's path, which may be an enhanced version.
         """
-        from hime_cli.library.writer import atomic_write, encode_image_to
+        from hime_cli.library.writer import atomic_write, encode_image_to, written_check
 
         width, height = canvas.size
 
@@ -1455,18 +1448,18 @@ class Enhancer:
             encode_image_to(fh, loaded, canvas.pixels, alpha, source=source, out_format=plan.out_format)
             canvas.release()
 
-        check = _decode_check(width, height)
+        check = written_check(width, height)
         if self.options.in_place:  # the manifest records what hime wrote; the ledger the settings
             if ledger is not None:
                 ledger.expect(plan.dest, settings, None, None)
             self._replace_in_place(plan.source, encode, check)
         else:
-            source_sha = file_sha256(plan.source)
+            source_sha = sha256_file(plan.source)
 
             def check_and_record(tmp: Path) -> None:
                 check(tmp)
                 if ledger is not None:
-                    ledger.expect(plan.dest, settings, source_sha, file_sha256(tmp))
+                    ledger.expect(plan.dest, settings, source_sha, sha256_file(tmp))
 
             plan.dest.parent.mkdir(parents=True, exist_ok=True)
             atomic_write(plan.dest, encode, check=check_and_record)
@@ -1553,7 +1546,7 @@ class Enhancer:
             f"<h1>hime ×{self.options.scale}: input (bicubic) | hime | exemplars</h1>" + "".join(items)
         )
         index = root / "index.html"
-        _atomic_write_bytes(index, page.encode("utf-8"))
+        atomic_write_bytes(index, page.encode("utf-8"))
         return index
 
 
@@ -1574,21 +1567,6 @@ def failure_reason(exc: BaseException) -> str:
         return f"{exc.strerror or exc}" + (f": {exc.filename}" if exc.filename else "")
     log.debug("unexpected error", exc_info=exc)
     return f"{type(exc).__name__}: {exc}"
-
-
-def _decode_check(width: int, height: int) -> Callable[[Path], None]:
-    """A check for ``atomic_write``: the temp file decodes completely, at the expected size."""
-
-    def check(tmp: Path) -> None:
-        from hime_cli.errors import ImageWriteError
-        from hime_cli.library.reader import verify_written
-
-        try:  # the bomb guard is set to the size hime wrote: a 190 MP output is checked, not refused
-            verify_written(tmp, width, height)
-        except HimeError as exc:
-            raise ImageWriteError(f"the written file does not decode: {exc.message}") from exc
-
-    return check
 
 
 def write_contact_sheet(
@@ -1619,18 +1597,7 @@ def write_contact_sheet(
             draw.text((x, y + 2), label[: TILE // 7], fill=(230, 230, 230))
     buffer = io.BytesIO()
     sheet.save(buffer, format="PNG")
-    _atomic_write_bytes(dest, buffer.getvalue())
-
-
-def _atomic_write_bytes(dest: Path, payload: bytes) -> None:
-    """Write a small file via a temporary file in the same folder + rename."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(payload)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, dest)
+    atomic_write_bytes(dest, buffer.getvalue())
 
 
 def enhance(

@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from hime_cli.errors import ImageWriteError
-from hime_cli.pipeline import PlannedPhoto, _decode_check, enhance, plan_outputs
+from hime_cli.library.writer import written_check
+from hime_cli.pipeline import PlannedPhoto, enhance, plan_outputs
 from tests.test_pipeline import _options, assets, small_astronaut  # noqa: F401 - fixture
 
 CAMERA_MAKE = "hime-test-camera"
@@ -34,14 +35,14 @@ def test_the_output_check_is_not_refused_by_the_bomb_guard(tmp_path: Path, monke
     good = tmp_path / "good.jpg"
     Image.fromarray(small_astronaut(100)).save(good, quality=90)
     monkeypatch.setattr(PILImage, "MAX_IMAGE_PIXELS", 1000)  # 10,000 px is now "a bomb"
-    _decode_check(100, 100)(good)  # decodes, no bomb error
+    written_check(100, 100)(good)  # decodes, no bomb error
     assert PILImage.MAX_IMAGE_PIXELS == 1000  # the guard is back for everyone else
     with pytest.raises(ImageWriteError, match="does not decode"):
-        _decode_check(100, 80)(good)  # wrong size
+        written_check(100, 80)(good)  # wrong size
     torn = tmp_path / "torn.jpg"
     torn.write_bytes(good.read_bytes()[:-600])
     with pytest.raises(ImageWriteError, match="does not decode"):
-        _decode_check(100, 100)(torn)
+        written_check(100, 100)(torn)
 
 
 @pytest.fixture

@@ -35,14 +35,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hime_cli.errors import HimeError, ImageWriteError, StoreDamagedError
-from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, translate
-from hime_cli.library.writer import (
+from hime_cli.files import (
     TEMP_MARKER,
+    atomic_write,
     cleanup_stale_temps,
     discard_temp_and_reraise,
     fsync_dir,
+    sha256_file,
     temp_path_for,
 )
+from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, translate
 from hime_cli.paths import get_paths
 from hime_cli.types import LoadedImage
 
@@ -326,25 +328,20 @@ def _write_sidecar(rec: BackupRecord) -> None:
         "restored_at": rec.restored_at,
     }
     dest = _sidecar_path(rec.original_path, rec.sha256)
-    tmp = temp_path_for(dest)
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        cleanup_stale_temps(dest.parent, dest.name)  # left by a run killed while writing this record
-        with open(tmp, "x", encoding="ascii") as fh:  # ensure_ascii: undecodable names round-trip
-            json.dump(payload, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, dest)
-    except OSError as exc:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
+        # ensure_ascii: undecodable names round-trip; a run killed while writing leaves a temp
+        # that the next write of this record removes
+        data = json.dumps(payload).encode("ascii")
+        atomic_write(dest, lambda fh: fh.write(data), error=BackupError)
+    except (OSError, BackupError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) else exc.message
         hint = (
-            "free some disk space" if exc.errno == errno.ENOSPC else f"check that {dest.parent} is writable"
+            "free some disk space"
+            if isinstance(exc, OSError) and exc.errno == errno.ENOSPC
+            else f"check that {dest.parent} is writable"
         )
-        raise BackupError(
-            f"cannot record the backup of {rec.original_path}: {exc.strerror or exc}", hint=hint
-        ) from exc
-    fsync_dir(dest.parent)
+        raise BackupError(f"cannot record the backup of {rec.original_path}: {reason}", hint=hint) from exc
 
 
 def _read_sidecar(path: Path) -> BackupRecord | None:
@@ -391,14 +388,6 @@ def _save(key: Path, sha: str, *, already: bool = False) -> BackupRecord:
     return rec
 
 
-def _sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _key(path: str | os.PathLike[str]) -> Path:
     """Manifest key: the absolute path with symlinks resolved (replacing a link would break it)."""
     return Path(os.path.realpath(Path(path).expanduser()))  # Path.resolve raises on a symlink loop
@@ -441,7 +430,7 @@ def _store_object(src: Path) -> tuple[str, int, os.stat_result]:
         sha = digest.hexdigest()
         final = _object_path(sha)
         final.parent.mkdir(parents=True, exist_ok=True)
-        if final.is_file() and final.stat().st_size == size and _sha256_file(final) == sha:
+        if final.is_file() and final.stat().st_size == size and sha256_file(final) == sha:
             os.unlink(tmp)  # already stored (same content backed up before)
         else:
             os.replace(tmp, final)
@@ -457,7 +446,7 @@ def _store_object(src: Path) -> tuple[str, int, os.stat_result]:
 def _verify_object(sha: str, size: int) -> Path:
     path = _object_path(sha)
     try:
-        ok = path.stat().st_size == size and _sha256_file(path) == sha
+        ok = path.stat().st_size == size and sha256_file(path) == sha
     except OSError:
         ok = False
     if not ok:
@@ -598,7 +587,7 @@ def written_in_place(path: str | os.PathLike[str]) -> bool:
     if not made:
         return False
     key = _key(path)
-    return key.is_file() and _sha256_file(key) in made
+    return key.is_file() and sha256_file(key) in made
 
 
 def load_original(path: str | os.PathLike[str]) -> LoadedImage:
@@ -651,7 +640,7 @@ def replace_in_place(path: str | os.PathLike[str], write_fn: Callable[[Path], No
         raise ImageWriteError(f"cannot replace {path}: not a file")
     with store_lock():
         before = key.stat()
-        current = _sha256_file(key)
+        current = sha256_file(key)
         made = [
             r
             for r in find_backups(key)
@@ -678,7 +667,7 @@ def replace_in_place(path: str | os.PathLike[str], write_fn: Callable[[Path], No
             with open(tmp, "rb+") as fh:
                 os.fsync(fh.fileno())
             os.chmod(tmp, record.mode)
-            new_sha = _sha256_file(tmp)
+            new_sha = sha256_file(tmp)
             _update(key, record.sha256, state="pending", replaced_sha256=new_sha)
             st = key.stat()
             if (st.st_size, st.st_mtime_ns, st.st_ino) != (before.st_size, before.st_mtime_ns, before.st_ino):
@@ -800,7 +789,7 @@ def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> Non
     if not records:
         out.missing.append((key, "no backup recorded"))
         return
-    current = _sha256_file(key) if key.is_file() else None
+    current = sha256_file(key) if key.is_file() else None
     if current is not None and any(r.sha256 == current for r in records):
         out.unchanged.append(key)
         return
@@ -824,7 +813,7 @@ def _restore_one(key: Path, out: _Builder, *, force: bool, dry_run: bool) -> Non
             shutil.copyfileobj(fin, fout, 1 << 20)
             fout.flush()
             os.fsync(fout.fileno())
-        if _sha256_file(tmp) != original.sha256:
+        if sha256_file(tmp) != original.sha256:
             raise BackupError(f"the restored copy of {key.name} does not verify; current file kept")
         os.chmod(tmp, original.mode)
         os.utime(tmp, ns=(original.mtime_ns, original.mtime_ns))
@@ -964,7 +953,7 @@ def check_store(*, repair: bool = False) -> list[Finding]:
             fixed, lost = [], []
             for rec in damaged:
                 source = rec.original_path
-                can = source.is_file() and _sha256_file(source) == rec.sha256
+                can = source.is_file() and sha256_file(source) == rec.sha256
                 if can and repair:
                     _store_object(source)
                     fixed.append(rec)

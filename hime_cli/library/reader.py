@@ -40,6 +40,7 @@ from typing import Any
 import numpy as np
 
 from hime_cli.errors import ImageReadError, UsageError
+from hime_cli.library.metadata import EXIF_PREFIX, normalise_exif
 from hime_cli.types import LoadedImage
 
 # Refuse images larger than this many pixels before decoding them (a 30,000 × 30,000 "bomb" is
@@ -53,7 +54,6 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 # Folders a scan never enters: hime's own output, besides hidden ones.
 SKIPPED_FOLDERS: frozenset[str] = frozenset({"hime-enhanced", "hime-compare"})
 
-EXIF_PREFIX = b"Exif\x00\x00"
 _ORIENTATION_TAG = 0x0112
 
 # exifread logs a warning for every odd tag in every photo; a library scan would drown in them.
@@ -62,7 +62,8 @@ logging.getLogger("exifread").setLevel(logging.ERROR)
 _heif_registered = False
 
 
-def _register_heif() -> None:
+def register_heif() -> None:
+    """Let Pillow open HEIF/HEIC/AVIF (pillow-heif), once per process."""
     global _heif_registered
     if not _heif_registered:
         import pillow_heif
@@ -261,7 +262,7 @@ def decode_image(data: bytes, max_pixels: int = MAX_PIXELS) -> DecodedImage:
     """Decode photo bytes (any supported format) into an oriented :class:`DecodedImage`."""
     from PIL import Image, UnidentifiedImageError
 
-    _register_heif()
+    register_heif()
     if not data:
         raise ImageReadError("empty file (0 bytes).")
     try:
@@ -439,15 +440,6 @@ def _exif_and_orientation(im: Any, info: dict[str, Any]) -> tuple[bytes | None, 
     return None, orientation
 
 
-def normalise_exif(raw: bytes) -> bytes:
-    """EXIF as ``b"Exif\\0\\0" + TIFF block``, whatever form the container stored it in."""
-    if raw.startswith(EXIF_PREFIX):
-        return raw
-    if raw[:4] in (b"II*\x00", b"MM\x00*"):
-        return EXIF_PREFIX + raw
-    return raw
-
-
 def _xmp(im: Any, info: dict[str, Any]) -> bytes | None:
     for key in ("xmp", "XML:com.adobe.xmp"):
         value = info.get(key)
@@ -559,7 +551,7 @@ def _metadata_from_pillow_file(path: str | os.PathLike[str]) -> PhotoMetadata:
     try:
         from PIL import Image
 
-        _register_heif()
+        register_heif()
         with Image.open(path) as im:
             return _metadata_from_pillow_exif(im.getexif())
     except Exception:
@@ -698,7 +690,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader | None:
 
     if not is_regular_file(path):  # a FIFO would block the open; the real read reports it
         return None
-    _register_heif()
+    register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -740,7 +732,7 @@ def verify_written(path: str | os.PathLike[str], width: int, height: int) -> Non
     """
     from PIL import Image
 
-    _register_heif()
+    register_heif()
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
