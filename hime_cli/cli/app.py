@@ -18,9 +18,11 @@ from hime_cli.cli import (
     system,
     train,
 )
+from hime_cli.cli.common import HimeGroup
 
 app = typer.Typer(
     name="hime",
+    cls=HimeGroup,
     help="Sharpen the small faces in your photos, using each person's own good photos as references.",
     no_args_is_help=True,
     add_completion=False,
@@ -58,24 +60,8 @@ bench.register(app)
 
 
 def main() -> None:
-    """Entry point: errors that escape a command (one without ``handle_errors``) get the same one line."""
-    import os
-    import sys
-    import traceback
-
-    from hime_cli.cli.common import describe_error, fail
-
-    try:
-        app()
-    except Exception as exc:
-        described = describe_error(exc)
-        if described is None:
-            raise
-        if os.environ.get("HIME_DEBUG"):
-            traceback.print_exc()
-        message, hint, code = described
-        fail(message, hint, code)
-        sys.exit(code)
+    """Entry point (``hime``). Errors are worded by the root group (:class:`HimeGroup`), not here."""
+    app()
 
 
 if __name__ == "__main__":  # pragma: no cover

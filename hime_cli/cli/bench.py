@@ -6,7 +6,7 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import err, handle_errors, out, print_json
+from hime_cli.cli.common import err, out, print_json
 
 bench_app = typer.Typer(help="Measure how fast hime runs on this machine.", no_args_is_help=True)
 
@@ -16,7 +16,6 @@ def register(app: typer.Typer) -> None:
 
 
 @bench_app.command("scan")
-@handle_errors
 def scan_cmd(
     folder: Path = typer.Argument(..., help="A folder of photos to scan (into a temporary index)."),
     limit: int | None = typer.Option(None, "--limit", "-n", help="Scan only the first N photos."),
@@ -67,7 +66,6 @@ def scan_cmd(
 
 
 @bench_app.command("sr")
-@handle_errors
 def sr_cmd(
     model: str = typer.Option(
         "hime_small_x4", "--model", "-m", help="Architecture to time (random weights)."

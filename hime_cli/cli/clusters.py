@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import err, handle_errors, out, print_json
+from hime_cli.cli.common import err, out, print_json
 from hime_cli.errors import UsageError
 
 HR_SIZE_HELP = "A face is usable as an exemplar when its native crop is at least this many pixels."
@@ -53,7 +53,6 @@ def register(app: typer.Typer) -> None:
     app.add_typer(group, name="clusters")
 
     @group.command("list")
-    @handle_errors
     def list_cmd(
         json_out: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
         min_faces: int | None = typer.Option(
@@ -121,7 +120,6 @@ def register(app: typer.Typer) -> None:
                 out.print("; ".join(notes) + ": `hime clusters list --all` lists them.", highlight=False)
 
     @group.command("hide")
-    @handle_errors
     def hide_cmd(
         identity_ids: list[int] = typer.Argument(..., help="Identity ids to hide from `clusters list`."),
         undo: bool = typer.Option(False, "--undo", help="Show these identities again."),
@@ -139,7 +137,6 @@ def register(app: typer.Typer) -> None:
         )
 
     @group.command("show")
-    @handle_errors
     def show_cmd(
         identity_id: int | None = typer.Argument(
             None, help="Identity id (see `hime clusters list`); none: one overview sheet of all people."
@@ -175,7 +172,6 @@ def register(app: typer.Typer) -> None:
         out.print(str(sheet.path), highlight=False, soft_wrap=True)
 
     @group.command("name")
-    @handle_errors
     def name_cmd(
         identity_id: int = typer.Argument(..., help="Identity id."),
         name: str = typer.Argument(..., help="The person's name."),
@@ -198,7 +194,6 @@ def register(app: typer.Typer) -> None:
             )
 
     @group.command("merge")
-    @handle_errors
     def merge_cmd(
         identity_ids: list[int] = typer.Argument(..., help="Identity ids; all merge into the first."),
     ) -> None:
@@ -224,7 +219,6 @@ def register(app: typer.Typer) -> None:
         )
 
     @group.command("split")
-    @handle_errors
     def split_cmd(
         identity_id: int = typer.Argument(..., help="Identity id."),
         faces: list[str] = typer.Option(
@@ -270,7 +264,6 @@ def register(app: typer.Typer) -> None:
         )
 
     @group.command("export")
-    @handle_errors
     def export_cmd(
         identity_id: int = typer.Argument(..., help="Identity id."),
         out_dir: Path = typer.Argument(..., help="Folder to write the crops into (usable as --refs DIR)."),
@@ -301,7 +294,6 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(EXIT_FAILED)
 
     @group.command("update")
-    @handle_errors
     def update_cmd(
         threshold: float | None = typer.Option(
             None, "--threshold", help="Average-link distance threshold (default: tuned for the embedder)."

@@ -6,16 +6,16 @@ Results go to stdout, progress and logs to stderr. Exit codes: 0 ok, 1 some item
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import sys
 import traceback
-from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import Any
 
+import click
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
 
 from hime_cli.errors import HimeError
 
@@ -26,8 +26,6 @@ EXIT_INTERRUPTED = 130
 
 out = Console(soft_wrap=True)  # results (stdout)
 err = Console(stderr=True, soft_wrap=True)  # progress, logs, errors (stderr)
-
-F = TypeVar("F", bound=Callable[..., Any])
 
 
 def progress_enabled() -> bool:
@@ -142,14 +140,19 @@ def safe(text: object) -> str:
     return _escape(display_path(text))
 
 
-def handle_errors(func: F) -> F:
-    """Decorator for commands: known errors → one line + exit code (:func:`describe_error`); Ctrl-C → 130."""
+class HimeGroup(TyperGroup):
+    """The root command group: the one place where an error a command ends with becomes one line.
 
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
+    Every command (and sub-group) runs inside :meth:`invoke`, under ``hime`` and under typer's
+    CliRunner alike: known errors (:func:`describe_error`: hime's own, SQLite, OS) print
+    ``Error: … Hint: …`` and exit with their code, Ctrl-C exits 130, ``HIME_DEBUG=1`` adds the
+    traceback; anything else is a bug and keeps its traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
         try:
-            return func(*args, **kwargs)
-        except typer.Exit:
+            return super().invoke(ctx)
+        except (click.exceptions.Exit, click.ClickException, click.exceptions.Abort):
             raise
         except KeyboardInterrupt:
             err.print("[yellow]Interrupted.[/]")
@@ -162,5 +165,3 @@ def handle_errors(func: F) -> F:
                 traceback.print_exc()
             message, hint, code = described
             raise fail(message, hint, code) from None
-
-    return wrapper  # type: ignore[return-value]

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, safe
+from hime_cli.cli.common import EXIT_FAILED, err, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
     """Register ``hime doctor`` on the root app."""
 
     @app.command("doctor")
-    @handle_errors
     def doctor_cmd(
         repair: bool = typer.Option(
             False, "--repair", help="Do the repairs listed (damaged files are moved aside, never deleted)."

@@ -13,7 +13,6 @@ import typer
 from hime_cli.cli.common import (
     EXIT_FAILED,
     err,
-    handle_errors,
     out,
     print_json,
     progress_enabled,
@@ -84,7 +83,6 @@ def register(app: typer.Typer) -> None:
     app.command("compare")(compare_cmd)
 
 
-@handle_errors
 def enhance_cmd(
     paths: PathsArg,
     scale: ScaleOpt = 4,
@@ -162,7 +160,6 @@ def enhance_cmd(
     _run(paths, options, json_out)
 
 
-@handle_errors
 def compare_cmd(
     paths: PathsArg,
     out_dir: Annotated[

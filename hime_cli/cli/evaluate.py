@@ -6,12 +6,11 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import err, handle_errors, out, print_json, progress_enabled
+from hime_cli.cli.common import err, out, print_json, progress_enabled
 
 
 def register(app: typer.Typer) -> None:
     @app.command("eval")
-    @handle_errors
     def eval_cmd(
         data: Path = typer.Argument(
             ..., help="Identity folders (<DIR>/<person>/*.jpg) or a prepared crops .npz."

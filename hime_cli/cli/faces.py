@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from hime_cli.cli.common import err, handle_errors, out, print_json
+from hime_cli.cli.common import err, out, print_json
 from hime_cli.errors import UsageError
 
 faces_app = typer.Typer(help="Inspect the faces in the library index.", no_args_is_help=True)
@@ -15,7 +15,6 @@ def register(app: typer.Typer) -> None:
 
 
 @faces_app.command("list")
-@handle_errors
 def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     identity: int | None = typer.Option(None, "--identity", help="Only the faces of this identity id."),
@@ -89,7 +88,6 @@ def list_cmd(
 
 
 @faces_app.command("reject")
-@handle_errors
 def reject_cmd(
     face_ids: list[int] = typer.Argument(..., help="Face ids (see `hime faces list` or a contact sheet)."),
     undo: bool = typer.Option(False, "--undo", help="They are faces after all: place them again."),

@@ -6,7 +6,7 @@ from typing import Any
 
 import typer
 
-from hime_cli.cli.common import err, fail, handle_errors, out, print_json, safe
+from hime_cli.cli.common import err, fail, out, print_json, safe
 
 models_app = typer.Typer(
     name="models",
@@ -63,7 +63,6 @@ def _fmt_params(n: int | None) -> str:
 
 
 @models_app.command("list")
-@handle_errors
 def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """List the registered weights: scale, variant, size, dev PSNR and where each resolves."""
     from hime_cli.hub import load_registry, registry_path
@@ -88,7 +87,6 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
 
 
 @models_app.command("info")
-@handle_errors
 def info_cmd(
     name: str = typer.Argument(..., help="Weight name (arch.tag) or architecture name."),
     json_out: bool = typer.Option(False, "--json", help="Print JSON."),
@@ -112,7 +110,6 @@ def info_cmd(
 
 
 @models_app.command("download")
-@handle_errors
 def download_cmd(
     name: str = typer.Argument(..., help="Weight name (arch.tag) or architecture name."),
     force: bool = typer.Option(False, "--force", help="Download again even if an intact copy is cached."),
@@ -127,7 +124,6 @@ def download_cmd(
 
 
 @models_app.command("verify")
-@handle_errors
 def verify_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
     """Check the sha256 of every local copy of every registered weight. Exit 1 on a mismatch."""
     from hime_cli.hub import load_registry, locate_weights, sha256_file

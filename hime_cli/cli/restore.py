@@ -6,14 +6,13 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, err, handle_errors, out, print_json, safe
+from hime_cli.cli.common import EXIT_FAILED, err, out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
     """Register ``hime restore`` on the root app."""
 
     @app.command("restore")
-    @handle_errors
     def restore_cmd(
         paths: list[Path] = typer.Argument(
             None, help="Photos or folders to restore (folders: every backup under them)."

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 import typer
 
-from hime_cli.cli.common import EXIT_FAILED, EXIT_OK, err, handle_errors, out, print_json, progress_enabled
+from hime_cli.cli.common import EXIT_FAILED, EXIT_OK, err, out, print_json, progress_enabled
 
 if TYPE_CHECKING:
     from hime_cli.library.index import LibraryIndex
@@ -20,7 +20,6 @@ EMBEDDER_HELP = "Face embedder: dlib (default, works offline) or facenet (downlo
 
 def register(app: typer.Typer) -> None:
     @app.command("scan")
-    @handle_errors
     def scan_cmd(
         paths: list[Path] = typer.Argument(..., help="Folders (scanned recursively) or photo files."),
         embedder: str = typer.Option("dlib", "--embedder", "-e", help=EMBEDDER_HELP),

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import typer
 
-from hime_cli.cli.common import handle_errors, out, print_json, safe
+from hime_cli.cli.common import out, print_json, safe
 
 
 def register(app: typer.Typer) -> None:
     @app.command("paths")
-    @handle_errors
     def paths_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
         """Print where hime keeps its index, caches and weights (HIME_HOME overrides all)."""
         from hime_cli.paths import get_paths

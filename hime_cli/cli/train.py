@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from hime_cli.cli.common import err, handle_errors, progress_enabled
+from hime_cli.cli.common import err, progress_enabled
 
 
 class Variant(str, Enum):
@@ -18,7 +18,6 @@ class Variant(str, Enum):
 
 def register(app: typer.Typer) -> None:
     @app.command("train")
-    @handle_errors
     def train_cmd(
         data: Path = typer.Option(
             ..., "--data", help="Identity folders (<DIR>/<person>/*.jpg) or a prepared crops .npz."

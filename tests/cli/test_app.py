@@ -14,7 +14,41 @@ runner = CliRunner()
 def test_help_lists_command_groups() -> None:
     result = runner.invoke(app, ["--help"])
     assert result.exit_code == 0
-    assert "paths" in result.output
+    listed = {
+        line.split()[1]
+        for line in result.output.splitlines()
+        if line.startswith("│ ") and len(line.split()) > 2
+    }
+    expected = {"paths", "scan", "faces", "clusters", "enhance", "compare", "models", "restore", "doctor"}
+    expected |= {"train", "eval", "bench"}
+    assert expected <= listed, listed
+
+
+def test_every_command_error_goes_through_the_one_table(monkeypatch) -> None:
+    """Errors no command catches (OS, SQLite, Ctrl-C) are worded once, by the root group."""
+    import sqlite3
+
+    import hime_cli.paths as paths
+
+    def boom(exc: BaseException):
+        def raise_it(*args, **kwargs):
+            raise exc
+
+        return raise_it
+
+    for exc, code, words in [
+        (sqlite3.OperationalError("disk I/O error"), 1, "database error"),
+        (PermissionError(13, "Permission denied", "/x/index.sqlite3"), 1, "check the permissions"),
+        (KeyboardInterrupt(), 130, "Interrupted"),
+    ]:
+        monkeypatch.setattr(paths, "get_paths", boom(exc))
+        result = runner.invoke(app, ["paths"])
+        assert result.exit_code == code, (exc, result.output)
+        assert words in result.stderr and "Traceback" not in result.output
+        assert code == 130 or result.stderr.startswith("Error:")
+    monkeypatch.setattr(paths, "get_paths", boom(ValueError("a bug")))
+    result = runner.invoke(app, ["paths"])
+    assert isinstance(result.exception, ValueError)  # a bug keeps its traceback
 
 
 def test_help_does_not_import_torch() -> None:
