@@ -108,8 +108,11 @@ class Exemplar:
 
 @dataclass(frozen=True)
 class ExemplarSet:
+    """The exemplars chosen for one target face (best first), or why there are none."""
+
     identity_id: int | None
     exemplars: tuple[Exemplar, ...] = field(default_factory=tuple)
+    reason: str | None = None  # set when empty: why (the words ``hime enhance``'s summary counts)
 
     def __len__(self) -> int:
         return len(self.exemplars)

@@ -105,13 +105,12 @@ def test_every_face_without_references_says_why(assets: Path, tmp_path: Path) ->
 def test_the_reference_rule_is_relative_to_the_face() -> None:
     """A 42 px face (region ~55 px) takes ~110 px references to fill, not 0.75 · 4 · 55 = 165 px."""
     from hime_cli.faces.align import CANONICAL_LANDMARKS
-    from hime_cli.pipeline import EnhanceOptions, Enhancer
+    from hime_cli.pipeline.stages import ref_size_tiers
 
-    enhancer = Enhancer(EnhanceOptions())
     landmarks = (CANONICAL_LANDMARKS * 55.0 + 10).astype(np.float32)
-    best, fill = enhancer._ref_size_tiers(landmarks, 55 * 4)
+    best, fill = ref_size_tiers(landmarks, 55 * 4, None)
     assert best == 220 and fill == pytest.approx(110, abs=2)
-    assert Enhancer(EnhanceOptions(hr_size=80))._ref_size_tiers(landmarks, 220) == (80.0,)
+    assert ref_size_tiers(landmarks, 220, 80) == (80.0,)
 
 
 def test_the_dry_run_skips_what_the_real_run_skips(assets: Path, mixed: Path, tmp_path: Path) -> None:  # noqa: F811
@@ -160,8 +159,7 @@ def test_files_hime_wrote_never_become_exemplars(tmp_path: Path) -> None:
             assert kw["identity_id"] == 7
             return iter(faces)
 
-    source = IndexSource.__new__(IndexSource)
-    source.index = Index()
+    source = IndexSource(Index())  # type: ignore[arg-type]
     source.outputs = outputs
     target = TargetFace(DetectedFace(Box(0, 0, 10, 10), lm, 0.99), identity_id=7)
     assert [f.id for f in source.candidates(target)] == [3]

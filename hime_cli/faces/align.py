@@ -6,6 +6,10 @@ HR faces with it, evaluation measures on it, and enhance crops the LR face with 
 super-resolved face back through its inverse, so the network always sees faces framed the same
 way.
 
+The SR crop of ``hime enhance`` (:func:`face_crop`: the canonical square, snapped to the pixel grid
+when the face is upright enough) and its inverse for the paste-back (:func:`upscaled_crop_matrix`,
+:func:`invert_affine`) are here too: one module owns every photo ↔ crop transform.
+
 Template (unit square, x right, y down), measured on celeba-wild dev detections: MTCNN boxes are
 about 2.3 inter-ocular distances wide and 3.0 tall, eyes at 40 % and the mouth at 75 % of the box
 height. The crop side is 3.2 inter-ocular distances, about 1.07 × the box height, so the whole face
@@ -14,8 +18,12 @@ height. The crop side is 3.2 inter-ocular distances, about 1.07 × the box heigh
 
 from __future__ import annotations
 
+import math
+
 import cv2
 import numpy as np
+
+TRAIN_HR_SIZE = 128  # HR face crop side the released models were trained on
 
 # (x, y) in [0, 1] crop coordinates: left eye, right eye, nose, left mouth, right mouth.
 CANONICAL_LANDMARKS = np.array(
@@ -150,3 +158,71 @@ def crop_face(rgb: np.ndarray, landmarks: np.ndarray, crop_size: int) -> tuple[n
     """Convenience: (aligned crop, photo→crop matrix) for one face."""
     m = alignment_matrix(landmarks, crop_size)
     return warp_to_crop(rgb, m, crop_size), m
+
+
+# ---------------------------------------------------------------- the SR crop of hime enhance
+
+
+def lr_crop_size(region: float, model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
+    """LR crop side ``L = max(train_hr / model_scale, ceil(region))`` (see module docstring)."""
+    base = train_hr // model_scale
+    return max(base, int(math.ceil(region - 1e-6)))
+
+
+# A face rolled by at most this much is cropped axis-aligned (the network trains with ±6° jitter).
+MAX_UNROTATED_DEG = 6.0
+
+
+def face_crop(
+    landmarks: np.ndarray, model_scale: int, train_hr: int = TRAIN_HR_SIZE
+) -> tuple[np.ndarray, int]:
+    """(photo → LR crop affine (2, 3), L) for a face: the crop policy of ``faces.align``, resampling-free when it can be.
+
+    ``L = lr_crop_size(region_size(landmarks))``. When the face is at least ``L0`` pixels and rolled
+    by at most ``MAX_UNROTATED_DEG``, the crop is the canonical region's ``L × L`` square snapped to
+    the photo's pixel grid (no rotation, scale 1, integer offset): no interpolation blurs the input,
+    and the SR crop maps back onto the upscaled photo's grid exactly. The deviation from the
+    canonical crop (≤ 6° of roll, ≤ 0.5 px of shift, < 1/L of scale) is within the framing jitter
+    the network is trained with. Measured on celeba-wild dev faces of 128-180 px downscaled ×4
+    (7 faces, ×4, PSNR of the SR crop vs the original): resampled crop 27.66 dB (Lanczos 26.77),
+    grid-snapped 28.59 dB (Lanczos 27.17). Smaller or more rolled faces use the full similarity.
+    """
+    region = region_size(landmarks)
+    size = lr_crop_size(region, model_scale, train_hr)
+    unit = alignment_matrix(landmarks, 1)
+    roll = math.degrees(math.atan2(unit[1, 0], unit[0, 0]))
+    if region >= train_hr // model_scale and abs(roll) <= MAX_UNROTATED_DEG:
+        inverse = np.linalg.inv(np.vstack([unit, [0.0, 0.0, 1.0]]))
+        cx, cy, _ = inverse @ np.array([0.5, 0.5, 1.0])
+        x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))
+        return np.array([[1.0, 0.0, -x0], [0.0, 1.0, -y0]]), size
+    return alignment_matrix(landmarks, size), size
+
+
+def upscaled_crop_matrix(matrix: np.ndarray, scale: int) -> np.ndarray:
+    """The same crop ``scale`` times larger, from the photo upscaled ``scale`` times: ``[A | s·t]``."""
+    out = np.asarray(matrix, dtype=np.float64).copy()
+    out[:, 2] *= scale
+    return out
+
+
+def crop_image(rgb: np.ndarray, matrix: np.ndarray, size: int) -> np.ndarray:
+    """``size``² crop through ``matrix``: an exact slice on the pixel grid, else a Lanczos warp."""
+    m = np.asarray(matrix, dtype=np.float64)
+    if np.allclose(m[:, :2], np.eye(2)) and np.allclose(m[:, 2], np.round(m[:, 2])):
+        x0, y0 = -int(round(m[0, 2])), -int(round(m[1, 2]))
+        h, w = rgb.shape[:2]
+        if 0 <= x0 and 0 <= y0 and x0 + size <= w and y0 + size <= h:
+            return np.clip(
+                np.ascontiguousarray(rgb[y0 : y0 + size, x0 : x0 + size], dtype=np.float32), 0.0, 1.0
+            )
+    image = rgb.astype(np.float32) / 255.0 if rgb.dtype == np.uint8 else rgb.astype(np.float32, copy=False)
+    return np.clip(warp_image(image, m, (size, size), interpolation=cv2.INTER_LANCZOS4), 0.0, 1.0)
+
+
+def resize_crop(crop: np.ndarray, size: int) -> np.ndarray:
+    """Square crop → ``size`` px: area-averaged when shrinking, bicubic when growing."""
+    if crop.shape[0] == size:
+        return crop
+    interp = cv2.INTER_AREA if size < crop.shape[0] else cv2.INTER_CUBIC
+    return cv2.resize(np.ascontiguousarray(crop, dtype=np.float32), (size, size), interpolation=interp)

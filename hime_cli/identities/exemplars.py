@@ -39,9 +39,9 @@ photos; docs/training.md).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
@@ -97,6 +97,21 @@ def pose_similarity(a: np.ndarray, b: np.ndarray, sigma: float = POSE_SIGMA) -> 
     return float(np.exp(-((pose_distance(a, b) / sigma) ** 2)))
 
 
+class ExemplarTarget(Protocol):
+    """What ranking needs of a target face: an indexed :class:`Face`, or the pipeline's
+    ``TargetFace`` for one the index may not hold (``id``/``photo_id`` None: it excludes no
+    candidate; no fake ids)."""
+
+    @property
+    def id(self) -> int | None: ...
+    @property
+    def photo_id(self) -> int | None: ...
+    @property
+    def identity_id(self) -> int | None: ...
+    @property
+    def landmarks(self) -> np.ndarray: ...
+
+
 def _percentile_ranks(values: Sequence[float]) -> np.ndarray:
     """Ranks scaled to [0, 1] (ties share their average rank); a single value ranks 1."""
     v = np.asarray(values, dtype=np.float64)
@@ -111,7 +126,7 @@ def _percentile_ranks(values: Sequence[float]) -> np.ndarray:
     return ranks / (len(v) - 1)
 
 
-def is_eligible(target: Face, candidate: Face, min_region: float) -> bool:
+def is_eligible(target: ExemplarTarget, candidate: Face, min_region: float) -> bool:
     """Same identity, another photo, and at least ``min_region`` native pixels."""
     return (
         candidate.id != target.id
@@ -123,7 +138,7 @@ def is_eligible(target: Face, candidate: Face, min_region: float) -> bool:
 
 
 def rank_exemplars(
-    target: Face,
+    target: ExemplarTarget,
     candidates: Sequence[Face],
     min_region: float = DEFAULT_MIN_REGION,
     weights: ExemplarWeights | None = None,
@@ -151,14 +166,38 @@ def rank_exemplars(
     return ranked
 
 
+def ranked_candidates(
+    target: ExemplarTarget,
+    candidates: Sequence[Face],
+    tiers: Sequence[float] = (DEFAULT_MIN_REGION,),
+    weights: ExemplarWeights | None = None,
+) -> Iterator[Face]:
+    """The exemplar policy: eligible candidates best first, at most one per photo; those with at
+    least ``tiers[0]`` native pixels, then (to fill a quota) those with at least the next tier.
+
+    Lazy: a caller that crops each candidate stops as soon as it has enough.
+    """
+    used_photos: set[int] = set()
+    seen: set[int] = set()
+    for min_region in tiers:
+        for ranked in rank_exemplars(target, candidates, min_region, weights):
+            cand = ranked.face
+            if cand.id in seen or cand.photo_id in used_photos:  # a mirror, a print: one per photo
+                continue
+            seen.add(cand.id)
+            used_photos.add(cand.photo_id)
+            yield cand
+
+
 def select_exemplars(
-    target: Face,
+    target: ExemplarTarget,
     candidates: Sequence[Face],
     max_refs: int = DEFAULT_MAX_REFS,
     min_region: float = DEFAULT_MIN_REGION,
     weights: ExemplarWeights | None = None,
 ) -> list[Face]:
-    """Up to ``max_refs`` exemplar faces for ``target``, best first; at most one per photo.
+    """Up to ``max_refs`` exemplar faces for ``target``, best first; at most one per photo
+    (:func:`ranked_candidates` with one size tier).
 
     Fewer (possibly none) when fewer candidates are eligible: a reference that is too small,
     from the same photo or of another person is never used to fill the quota.
@@ -166,14 +205,10 @@ def select_exemplars(
     if max_refs < 0:
         raise ValueError(f"max_refs must be >= 0, got {max_refs}")
     chosen: list[Face] = []
-    photos: set[int] = set()
-    for r in rank_exemplars(target, candidates, min_region, weights):
+    for face in ranked_candidates(target, candidates, (min_region,), weights):
         if len(chosen) >= max_refs:
             break
-        if r.face.photo_id in photos:  # two faces of one person in one photo: a mirror, a print
-            continue
-        chosen.append(r.face)
-        photos.add(r.face.photo_id)
+        chosen.append(face)
     return chosen
 
 

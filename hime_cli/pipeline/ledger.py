@@ -1,0 +1,201 @@
+"""The enhance ledger: what earlier runs wrote, so a re-run skips finished work."""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import sqlite3
+from datetime import datetime, timezone
+from pathlib import Path
+
+from hime_cli.errors import HimeError, StoreDamagedError
+from hime_cli.files import sha256_file
+from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, move_aside, translate
+from hime_cli.paths import get_paths
+
+log = logging.getLogger(__name__)
+
+LEDGER_NAME = "enhance-ledger.sqlite3"
+# Numbered migrations of the ledger (like the index's). Version 1 is the table every ledger had
+# before versions were recorded. Version 2 keeps one record of what hime wrote: for a photo
+# replaced in place that is the backup manifest's ``replaced_sha256``, so the ledger no longer
+# keeps a second hash that could disagree with it (issue #11); ``dest_sha`` is for ``--out`` only.
+LEDGER_MIGRATIONS = (
+    StoreMigration(
+        1,
+        "one row per output path",
+        (
+            "CREATE TABLE IF NOT EXISTS outputs (dest BLOB PRIMARY KEY, settings TEXT NOT NULL,"
+            " source_sha TEXT, dest_sha TEXT NOT NULL, dest_size INTEGER, dest_mtime_ns INTEGER,"
+            " finished_at TEXT)",
+        ),
+    ),
+    StoreMigration(
+        2,
+        "in-place outputs: what hime wrote is recorded by the backup manifest alone",
+        (
+            "CREATE TABLE outputs_v2 (dest BLOB PRIMARY KEY, settings TEXT NOT NULL, in_place INTEGER"
+            " NOT NULL DEFAULT 0, source_sha TEXT, dest_sha TEXT, dest_size INTEGER, dest_mtime_ns INTEGER,"
+            " finished_at TEXT, CHECK (in_place = 1 OR dest_sha IS NOT NULL))",
+            "INSERT INTO outputs_v2 SELECT dest, settings, source_sha IS NULL, source_sha,"
+            " CASE WHEN source_sha IS NULL THEN NULL ELSE dest_sha END, dest_size, dest_mtime_ns,"
+            " finished_at FROM outputs",
+            "DROP TABLE outputs",
+            "ALTER TABLE outputs_v2 RENAME TO outputs",
+        ),
+    ),
+)
+
+
+class EnhanceLedger:
+    """What earlier runs produced: output path → (settings, source hash, output hash).
+
+    A photo is skipped when its output exists, was written by a run with the same settings, still
+    has the content that run wrote, and (for ``--out``) comes from an unchanged source. The
+    output's hash is recorded *before* the file is moved into place, so a run killed between the
+    rename and the bookkeeping still recognises its work (and never enhances a photo twice). For
+    ``--in-place`` the hash is the backup manifest's (``library.backup``), recorded the same way.
+
+    The ledger only saves work: a damaged one is moved aside (kept, with a warning) and a new one
+    started, so the photos it listed are enhanced again (in place: from their originals).
+    """
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or (get_paths().data_dir / LEDGER_NAME)
+        try:
+            self._conn = self._open()
+        except StoreDamagedError as exc:
+            aside = move_aside(self.path)
+            log.warning("%s Moved it to %s and started a new one.", exc.message, aside)
+            self._conn = self._open()
+
+    @classmethod
+    def open_readonly(cls, path: Path | None = None) -> EnhanceLedger | None:
+        """The ledger opened read-only (``--dry-run``: what the real run would skip), None when
+        there is none or it cannot be read (the real run would then start a new one)."""
+        self = cls.__new__(cls)
+        self.path = path or (get_paths().data_dir / LEDGER_NAME)
+        if not self.path.is_file():
+            return None
+        try:
+            self._conn = sqlite3.connect(f"{self.path.resolve().as_uri()}?mode=ro", uri=True, timeout=30.0)
+            self._conn.execute(
+                "SELECT settings, source_sha, dest_sha, dest_size, dest_mtime_ns FROM outputs LIMIT 1"
+            )
+        except sqlite3.Error as exc:
+            log.warning(
+                "cannot read the enhance ledger %s (%s): the dry run lists every photo", self.path, exc
+            )
+            return None
+        return self
+
+    def _open(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = None
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn = sqlite3.connect(self.path, timeout=30.0, isolation_level=None)
+            conn.execute("PRAGMA journal_mode=WAL")
+            apply_migrations(conn, LEDGER_MIGRATIONS, "enhance ledger")
+            conn.execute("SELECT count(*) FROM outputs").fetchone()  # reads every page's header
+            return conn
+        except sqlite3.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise self._error(exc) from exc
+        except OSError as exc:
+            raise HimeError(
+                f"cannot open the enhance ledger {self.path}: {exc.strerror or exc}",
+                hint="free some disk space"
+                if exc.errno == errno.ENOSPC
+                else f"check that {self.path.parent} is writable",
+            ) from exc
+
+    def _error(self, exc: sqlite3.Error) -> HimeError:
+        return translate(
+            exc, self.path, "enhance ledger", repair_hint=f"move {self.path} aside: hime starts a new one"
+        )
+
+    def close(self) -> None:
+        self._conn.close()
+
+    def outputs(self) -> frozenset[bytes]:
+        """Every file a run wrote with ``--out`` (in place, the photo is the user's: not listed)."""
+        try:
+            rows = self._conn.execute("SELECT dest FROM outputs WHERE in_place = 0").fetchall()
+        except sqlite3.Error:  # a read-only ledger from before version 2: all its rows
+            try:
+                rows = self._conn.execute("SELECT dest FROM outputs").fetchall()
+            except sqlite3.Error:
+                return frozenset()
+        return frozenset(
+            bytes(r[0]) if isinstance(r[0], (bytes, memoryview)) else os.fsencode(r[0]) for r in rows
+        )
+
+    @staticmethod
+    def _key(path: Path) -> bytes:
+        return os.fsencode(os.path.abspath(path))
+
+    def is_done(self, source: Path, dest: Path, settings: str, in_place: bool) -> bool:
+        try:
+            row = self._conn.execute(
+                "SELECT settings, source_sha, dest_sha, dest_size, dest_mtime_ns FROM outputs WHERE dest = ?",
+                (self._key(dest),),
+            ).fetchone()
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+        if row is None or row[0] != settings:
+            return False
+        try:
+            st = dest.stat()
+        except OSError:
+            return False
+        same_stamp = row[3] == st.st_size and row[4] == st.st_mtime_ns
+        if in_place:  # the manifest says whether the file is what hime wrote
+            from hime_cli.library.backup import find_backups, written_in_place
+
+            try:
+                if same_stamp:  # unchanged since this ledger saw it written: no need to hash it
+                    return any(r.state == "replaced" and r.replaced_sha256 for r in find_backups(dest))
+                return written_in_place(dest)
+            except OSError:
+                return False
+        if not same_stamp and (row[2] is None or sha256_file(dest) != row[2]):
+            return False
+        if row[1] is not None:
+            try:
+                return sha256_file(source) == row[1]
+            except OSError:
+                return False
+        return True
+
+    def expect(self, dest: Path, settings: str, source_sha: str | None, dest_sha: str | None) -> None:
+        """Record the output about to be moved into place (stamp filled in by :meth:`finish`).
+
+        In place (``source_sha`` and ``dest_sha`` None) only the settings: the backup manifest
+        records the replacement's hash.
+        """
+        in_place = source_sha is None and dest_sha is None
+        try:
+            self._conn.execute(
+                "INSERT OR REPLACE INTO outputs (dest, settings, in_place, source_sha, dest_sha, dest_size,"
+                " dest_mtime_ns, finished_at) VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL)",
+                (self._key(dest), settings, int(in_place), source_sha, dest_sha),
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
+
+    def finish(self, dest: Path) -> None:
+        st = dest.stat()
+        try:
+            self._conn.execute(
+                "UPDATE outputs SET dest_size = ?, dest_mtime_ns = ?, finished_at = ? WHERE dest = ?",
+                (
+                    st.st_size,
+                    st.st_mtime_ns,
+                    datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                    self._key(dest),
+                ),
+            )
+        except sqlite3.Error as exc:
+            raise self._error(exc) from exc
