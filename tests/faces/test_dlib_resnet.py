@@ -60,3 +60,9 @@ def test_a_file_that_is_not_the_network_is_refused(tmp_path) -> None:
 
 def test_jitter_uses_dlib() -> None:
     assert DlibEmbedder(jitter=1).backend == "dlib"
+
+
+def test_the_scan_embedder_runs_the_torch_copy() -> None:
+    from hime_cli.faces.embed import get_embedder
+
+    assert getattr(get_embedder("dlib"), "backend", None) == "torch"
