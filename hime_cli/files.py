@@ -29,7 +29,10 @@ from hime_cli.errors import HimeError, ImageWriteError
 __all__ = [
     "TEMP_MARKER",
     "atomic_write",
+    "LockBusy",
+    "acquire_lock",
     "atomic_write_bytes",
+    "release_lock",
     "cleanup_stale_temps",
     "discard_temp_and_reraise",
     "fsync_dir",
@@ -167,3 +170,54 @@ def atomic_write_bytes(
     dest = Path(dest)
     dest.parent.mkdir(parents=True, exist_ok=True)
     atomic_write(dest, lambda fh: fh.write(payload), error=error)
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; ``holder`` is its pid as it recorded it (may be empty)."""
+
+    def __init__(self, holder: str) -> None:
+        super().__init__(holder)
+        self.holder = holder
+
+    @property
+    def holder_text(self) -> str:
+        """`` (pid N)`` for a message, or nothing when the holder is unknown."""
+        return f" (pid {self.holder})" if self.holder.isdigit() else ""
+
+
+def acquire_lock(path: str | os.PathLike[str], timeout: float = 0.0, poll: float = 0.05) -> int:
+    """The one lock routine (index, backup store, in-place runs): an exclusive ``fcntl.flock`` on
+    ``path``, retried every ``poll`` s for up to ``timeout`` s; our pid is recorded in the file for
+    the message another process shows. Returns the fd (closing it releases the lock; the kernel
+    drops it when a process dies, so a killed run leaves no stale lock). Raises :class:`LockBusy`.
+    """
+    import fcntl
+
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.monotonic() + max(0.0, timeout)
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.monotonic() >= deadline:
+                try:
+                    holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
+                except OSError:
+                    holder = ""
+                os.close(fd)
+                raise LockBusy(holder) from None
+            time.sleep(poll)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    return fd
+
+
+def release_lock(fd: int) -> None:
+    """Release a lock taken with :func:`acquire_lock`."""
+    import fcntl
+
+    try:
+        fcntl.flock(fd, fcntl.LOCK_UN)
+    finally:
+        os.close(fd)

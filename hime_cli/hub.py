@@ -428,8 +428,19 @@ def locate_weights(entry: WeightEntry) -> list[WeightLocation]:
     return locations
 
 
-def _looks_like_path(name: str) -> bool:
-    return name.endswith(".safetensors") or os.sep in name or "/" in name or name.startswith(("~", "."))
+def is_weights_path(name: str | os.PathLike[str]) -> bool:
+    """The one rule for ``--weights``: a path (not a registered name) when it is a ``Path``, ends in
+    ``.safetensors``, holds a path separator, starts with ``~`` or ``.``, or names an existing file."""
+    if isinstance(name, Path):
+        return True
+    text = os.fspath(name)
+    return (
+        text.endswith(".safetensors")
+        or os.sep in text
+        or "/" in text
+        or text.startswith(("~", "."))
+        or Path(text).expanduser().is_file()
+    )
 
 
 def resolve_weights(name_or_path: str | os.PathLike[str], *, allow_download: bool = True) -> ResolvedWeights:
@@ -440,10 +451,12 @@ def resolve_weights(name_or_path: str | os.PathLike[str], *, allow_download: boo
     nowhere raises one :class:`ModelError` naming the command that fixes it.
     """
     text = os.fspath(name_or_path)
-    if isinstance(name_or_path, Path) or _looks_like_path(text):
+    if is_weights_path(name_or_path):
         path = Path(text).expanduser()
         if not path.is_file():
-            raise ModelError(f"weight file {path} does not exist", hint="check the --weights path")
+            raise ModelError(
+                f"weight file {path} does not exist (not found)", hint="check the --weights path"
+            )
         logger.info("weights: using explicit path %s", path)
         entry = _entry_by_sha(path)
         if entry is None:

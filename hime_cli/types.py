@@ -89,16 +89,9 @@ class Photo:
 
 
 @dataclass(frozen=True)
-class Identity:
-    id: int
-    name: str | None
-    face_ids: tuple[int, ...] = field(default_factory=tuple)
-    hidden: bool = False
-
-
-@dataclass(frozen=True)
 class Exemplar:
-    """One reference crop for a target face: the aligned HR crop plus where it came from."""
+    """One reference crop for a target face: the aligned HR crop plus where it came from
+    (``hime enhance``'s gather_exemplars stage makes them, in an :class:`ExemplarSet`)."""
 
     crop: np.ndarray  # (H, W, 3) float32 RGB in [0, 1], aligned with the project's crop policy
     face_id: int | None

@@ -19,62 +19,24 @@ from hime_cli.cli.common import (
     progress_lines_enabled,
     safe,
 )
+from hime_cli.cli.options import (
+    AllFacesOpt,
+    AllPhotosOpt,
+    DeviceOpt,
+    HrSizeOpt,
+    JsonOpt,
+    MaxFaceOpt,
+    MaxRefsOpt,
+    MinScoreOpt,
+    PathsArg,
+    RefsOpt,
+    ScaleOpt,
+    WeightsOpt,
+)
+from hime_cli.pipeline.options import DEFAULT_DEVICE, DEFAULT_MAX_REFS, DEFAULT_MIN_SCORE, DEFAULT_SCALE
 
 if TYPE_CHECKING:
     from hime_cli.pipeline import EnhanceOptions, EnhanceReport, Progress
-
-PathsArg = Annotated[
-    list[Path], typer.Argument(help="Photos and folders (searched recursively).", show_default=False)
-]
-ScaleOpt = Annotated[
-    int, typer.Option("--scale", "-s", help="Upscaling factor of the whole photo: 2, 4 or 8.")
-]
-MaxFaceOpt = Annotated[
-    float | None,
-    typer.Option(
-        "--max-face",
-        help="Enhance faces up to this size (detection box side, input pixels). "
-        "Default: 96 at ×2 and ×4, 48 at ×8 (measured: see docs/enhance.md).",
-        show_default=False,
-    ),
-]
-MinScoreOpt = Annotated[float, typer.Option("--min-score", help="Minimum face detection score.")]
-MaxRefsOpt = Annotated[int, typer.Option("--max-refs", help="Exemplars per face (0: none).")]
-RefsOpt = Annotated[
-    Path | None,
-    typer.Option(
-        "--refs",
-        help="Folder of photos of the person: used as exemplars instead of the library index; "
-        "the face most like them is enhanced in each photo.",
-        show_default=False,
-    ),
-]
-AllFacesOpt = Annotated[bool, typer.Option("--all-faces", help="With --refs: enhance every small face.")]
-HrSizeOpt = Annotated[
-    int | None,
-    typer.Option(
-        "--hr-size",
-        help="References need a face region of at least this many px. Default: relative to the "
-        "face (its SR crop, L·scale, preferred; twice its own region to fill; docs/enhance.md).",
-        show_default=False,
-    ),
-]
-AllPhotosOpt = Annotated[
-    bool,
-    typer.Option(
-        "--all-photos",
-        help="Also upscale photos with no face to enhance (by default they are skipped: a plain "
-        "resize adds bytes, not detail).",
-    ),
-]
-WeightsOpt = Annotated[
-    str | None,
-    typer.Option(
-        "--weights", help="Model weights: a registered NAME (`hime models list`) or a .safetensors PATH."
-    ),
-]
-DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
 
 
 def register(app: typer.Typer) -> None:
@@ -85,7 +47,7 @@ def register(app: typer.Typer) -> None:
 
 def enhance_cmd(
     paths: PathsArg,
-    scale: ScaleOpt = 4,
+    scale: ScaleOpt = DEFAULT_SCALE,
     out_dir: Annotated[
         Path | None,
         typer.Option(
@@ -108,14 +70,14 @@ def enhance_cmd(
         bool, typer.Option("--dry-run", help="List what would change; write nothing.")
     ] = False,
     max_face: MaxFaceOpt = None,
-    min_score: MinScoreOpt = 0.90,
-    max_refs: MaxRefsOpt = 3,
+    min_score: MinScoreOpt = DEFAULT_MIN_SCORE,
+    max_refs: MaxRefsOpt = DEFAULT_MAX_REFS,
     refs: RefsOpt = None,
     all_faces: AllFacesOpt = False,
     all_photos: AllPhotosOpt = False,
     hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = DEFAULT_DEVICE,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also write before/after face sheets (PNG + an HTML page).")
     ] = False,
@@ -171,15 +133,15 @@ def compare_cmd(
             show_default=False,
         ),
     ] = None,  # fmt: skip
-    scale: ScaleOpt = 4,
+    scale: ScaleOpt = DEFAULT_SCALE,
     max_face: MaxFaceOpt = None,
-    min_score: MinScoreOpt = 0.90,
-    max_refs: MaxRefsOpt = 3,
+    min_score: MinScoreOpt = DEFAULT_MIN_SCORE,
+    max_refs: MaxRefsOpt = DEFAULT_MAX_REFS,
     refs: RefsOpt = None,
     all_faces: AllFacesOpt = False,
     hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
-    device: DeviceOpt = "auto",
+    device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
     """Write side-by-side face crops (input bicubic | hime | exemplars) without touching any photo.

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import errno
-import fcntl
 import hashlib
 import json
 import logging
@@ -37,6 +36,8 @@ from pathlib import Path
 from hime_cli.errors import HimeError, ImageWriteError, StoreDamagedError
 from hime_cli.files import (
     TEMP_MARKER,
+    LockBusy,
+    acquire_lock,
     atomic_write,
     cleanup_stale_temps,
     discard_temp_and_reraise,
@@ -190,20 +191,14 @@ def store_lock(timeout: float = LOCK_TIMEOUT_S) -> Iterator[None]:
         return
     folder = _backups_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "store.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError:
-                if time.monotonic() >= deadline:
-                    raise BackupLockedError(
-                        f"the backup store {folder} is in use by another hime process.",
-                        hint="wait for the other `hime enhance --in-place` or `hime restore` to finish.",
-                    ) from None
-                time.sleep(0.05)
+        fd = acquire_lock(folder / "store.lock", timeout)
+    except LockBusy:
+        raise BackupLockedError(
+            f"the backup store {folder} is in use by another hime process.",
+            hint="wait for the other `hime enhance --in-place` or `hime restore` to finish.",
+        ) from None
+    try:
         _held.depth = 1
         _sweep_stale_temps(folder)
         try:
@@ -223,20 +218,14 @@ def in_place_run_lock() -> Iterator[None]:
     """
     folder = _backups_dir()
     folder.mkdir(parents=True, exist_ok=True)
-    fd = os.open(folder / "in-place-run.lock", os.O_RDWR | os.O_CREAT, 0o644)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip()
-            raise BackupLockedError(
-                "another `hime enhance --in-place` run is replacing photos"
-                + (f" (pid {holder})" if holder.isdigit() else "")
-                + ".",
-                hint="wait for it to finish, then run this one again.",
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        fd = acquire_lock(folder / "in-place-run.lock")
+    except LockBusy as busy:
+        raise BackupLockedError(
+            f"another `hime enhance --in-place` run is replacing photos{busy.holder_text}.",
+            hint="wait for it to finish, then run this one again.",
+        ) from None
+    try:
         yield
     finally:
         os.close(fd)

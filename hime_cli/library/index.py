@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -552,41 +551,18 @@ def _face_from_row(row: Sequence[Any], with_embeddings: bool) -> Face:
 
 
 def _acquire_lock(lock_path: Path, timeout: float) -> int:
-    import fcntl
+    from hime_cli.files import LockBusy, acquire_lock
 
-    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    deadline = time.monotonic() + max(0.0, timeout)
-    while True:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            break
-        except BlockingIOError:
-            if time.monotonic() >= deadline:
-                holder = _read_holder(fd)
-                os.close(fd)
-                raise IndexLockedError(
-                    f"the library index {lock_path.with_suffix('')} is in use by another hime process{holder}.",
-                    hint="wait for that run to finish (or stop it) and try again.",
-                ) from None
-            time.sleep(0.1)
-    # Record who holds it, for the message another process shows.
-    os.ftruncate(fd, 0)
-    os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-    return fd
-
-
-def _read_holder(fd: int) -> str:
     try:
-        pid = os.pread(fd, 32, 0).decode().strip()
-    except OSError:
-        return ""
-    return f" (pid {pid})" if pid.isdigit() else ""
+        return acquire_lock(lock_path, timeout, poll=0.1)
+    except LockBusy as busy:
+        raise IndexLockedError(
+            f"the library index {lock_path.with_suffix('')} is in use by another hime process{busy.holder_text}.",
+            hint="wait for that run to finish (or stop it) and try again.",
+        ) from None
 
 
 def _release_lock(fd: int) -> None:
-    import fcntl
+    from hime_cli.files import release_lock
 
-    try:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    release_lock(fd)

@@ -31,33 +31,54 @@ The package: :mod:`~hime_cli.pipeline.options` (options, reports, defaults), ``p
 (before/after sheets) and ``run`` (the orchestration: chunks, progress, errors).
 """
 
+import importlib
+from typing import Any
+
 from hime_cli.pipeline.compare import write_contact_sheet
-from hime_cli.pipeline.ledger import LEDGER_MIGRATIONS, LEDGER_NAME, EnhanceLedger
-from hime_cli.pipeline.options import (
-    CHUNK_FACES,
-    CHUNK_PHOTOS,
-    CHUNK_PIXELS,
-    COMPARE_FOLDER,
-    DEFAULT_MAX_REFS,
-    DEFAULT_MIN_SCORE,
-    OUTPUT_FOLDER,
-    REF_MIN_FRACTION,
-    REF_MIN_GAIN,
-    REFS_MATCH_DISTANCE,
-    SAME_SHOT_DIFF,
-    SCALES,
-    EnhanceOptions,
-    EnhanceReport,
-    FaceReport,
-    PhotoReport,
-    Progress,
-    ProgressCallback,
-    default_max_face,
-    failure_reason,
-)
-from hime_cli.pipeline.plan import PlannedPhoto, format_plan, plan_outputs
-from hime_cli.pipeline.run import Enhancer, enhance
-from hime_cli.pipeline.sources import IndexSource, RefsFolderSource, TargetFace, scan_missing
+
+# Names re-exported from the submodules, imported on first use (PEP 562): importing
+# ``hime_cli.pipeline.options`` for the CLI's defaults pulls in neither torch nor the stages.
+_EXPORTS = {
+    "CHUNK_FACES": "hime_cli.pipeline.options",
+    "CHUNK_PHOTOS": "hime_cli.pipeline.options",
+    "CHUNK_PIXELS": "hime_cli.pipeline.options",
+    "COMPARE_FOLDER": "hime_cli.pipeline.options",
+    "DEFAULT_MAX_REFS": "hime_cli.pipeline.options",
+    "DEFAULT_MIN_SCORE": "hime_cli.pipeline.options",
+    "EnhanceLedger": "hime_cli.pipeline.ledger",
+    "EnhanceOptions": "hime_cli.pipeline.options",
+    "EnhanceReport": "hime_cli.pipeline.options",
+    "Enhancer": "hime_cli.pipeline.run",
+    "FaceReport": "hime_cli.pipeline.options",
+    "IndexSource": "hime_cli.pipeline.sources",
+    "LEDGER_MIGRATIONS": "hime_cli.pipeline.ledger",
+    "LEDGER_NAME": "hime_cli.pipeline.ledger",
+    "OUTPUT_FOLDER": "hime_cli.pipeline.options",
+    "PhotoReport": "hime_cli.pipeline.options",
+    "PlannedPhoto": "hime_cli.pipeline.plan",
+    "Progress": "hime_cli.pipeline.options",
+    "ProgressCallback": "hime_cli.pipeline.options",
+    "REFS_MATCH_DISTANCE": "hime_cli.pipeline.options",
+    "REF_MIN_FRACTION": "hime_cli.pipeline.options",
+    "REF_MIN_GAIN": "hime_cli.pipeline.options",
+    "RefsFolderSource": "hime_cli.pipeline.sources",
+    "SAME_SHOT_DIFF": "hime_cli.pipeline.options",
+    "SCALES": "hime_cli.pipeline.options",
+    "TargetFace": "hime_cli.pipeline.sources",
+    "default_max_face": "hime_cli.pipeline.options",
+    "enhance": "hime_cli.pipeline.run",
+    "failure_reason": "hime_cli.pipeline.options",
+    "format_plan": "hime_cli.pipeline.plan",
+    "plan_outputs": "hime_cli.pipeline.plan",
+    "scan_missing": "hime_cli.pipeline.sources",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(_EXPORTS[name]), name)
+    raise AttributeError(f"module 'hime_cli.pipeline' has no attribute {name!r}")
+
 
 __all__ = [
     "CHUNK_FACES",

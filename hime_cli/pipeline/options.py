@@ -1,5 +1,8 @@
 """What ``hime enhance`` is asked (:class:`EnhanceOptions`, the defaults the CLI shows) and what it
-reports (:class:`EnhanceReport`, :class:`PhotoReport`, :class:`FaceReport`, :class:`Progress`)."""
+reports (:class:`EnhanceReport`, :class:`PhotoReport`, :class:`FaceReport`, :class:`Progress`).
+
+Imports neither torch nor the rest of the pipeline: the CLI's options take their defaults from here
+while ``hime --help`` stays instant."""
 
 from __future__ import annotations
 
@@ -10,16 +13,20 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hime_cli.errors import HimeError, UsageError
-from hime_cli.sr.pasteback import PasteOptions
+
+if TYPE_CHECKING:
+    from hime_cli.sr.pasteback import PasteOptions
 
 log = logging.getLogger(__name__)
 
 SCALES = (2, 4, 8)
 OUTPUT_FOLDER = "hime-enhanced"
 COMPARE_FOLDER = "hime-compare"
+DEFAULT_SCALE = 4
+DEFAULT_DEVICE = "auto"
 DEFAULT_MIN_SCORE = 0.90
 DEFAULT_MAX_REFS = 3
 # Measured at ×4 (benchmarks/bench_enhance.py --sweep, docs/enhance.md): the gain over Lanczos on
@@ -49,6 +56,12 @@ CHUNK_PHOTOS = 16
 CHUNK_PIXELS = 40_000_000  # input pixels held at once (float32 RGB: ~480 MB)
 
 
+def _paste_options() -> PasteOptions:
+    from hime_cli.sr.pasteback import PasteOptions  # lazy: this module is torch-free (the CLI reads it)
+
+    return PasteOptions()
+
+
 def default_max_face(scale: int) -> float:
     """Default ``--max-face`` (detection box side, input pixels) for an output scale."""
     return _DEFAULT_MAX_FACE[scale]
@@ -59,7 +72,7 @@ def default_max_face(scale: int) -> float:
 
 @dataclass(frozen=True)
 class EnhanceOptions:
-    scale: int = 4
+    scale: int = DEFAULT_SCALE
     out_dir: Path | None = None
     in_place: bool = False
     force: bool = False
@@ -70,12 +83,12 @@ class EnhanceOptions:
     refs_dir: Path | None = None
     all_faces: bool = False  # with refs_dir: every small face, not only the best match
     weights: str | None = None
-    device: str = "auto"
+    device: str = DEFAULT_DEVICE
     compare: bool = False  # write before/after sheets
     compare_dir: Path | None = None
     write_photos: bool = True  # False: `hime compare` (sheets only; the index is only read)
     all_photos: bool = False  # also upscale photos with no face to enhance (skipped by default)
-    paste: PasteOptions = field(default_factory=PasteOptions)
+    paste: PasteOptions = field(default_factory=lambda: _paste_options())
     batch_pixels: int | None = None
     hr_size: int | None = None  # references need a face region of at least this (px); None: the rule
 

@@ -196,15 +196,12 @@ def _build(name: str, create_model) -> tuple[object, str]:
     """(model, label) for a registry name (``arch`` or ``arch.tag``) or a ``.safetensors`` path."""
     from pathlib import Path
 
-    path = Path(name).expanduser()
-    if name.endswith(".safetensors") or path.is_file():
-        if not path.is_file():
-            raise ModelError(f"weights file not found: {path}", hint="check the path given to --weights")
-        from hime_cli.hub import resolve_weights
+    from hime_cli.hub import is_weights_path, resolve_weights
 
-        resolved = resolve_weights(path)  # logs it; knows the architecture of registered copies
-        arch = resolved.entry.arch if resolved.entry is not None else _arch_of(path)
-        return create_model(arch, checkpoint_path=resolved.path), path.name
+    if is_weights_path(name):  # the hub's one rule for "is --weights a path"
+        resolved = resolve_weights(name)  # logs it; a missing file is its ModelError
+        arch = resolved.entry.arch if resolved.entry is not None else _arch_of(resolved.path)
+        return create_model(arch, checkpoint_path=resolved.path), Path(name).expanduser().name
     return create_model(name, pretrained=True), name
 
 
