@@ -511,7 +511,8 @@ def test_real_photos_with_refs_beat_lanczos(dev_targets, trained_weights: str, t
         )
         (result,) = report.photos
         assert result.status == "done" and result.faces_enhanced == 1, result
-        assert all(Path(r).parent == refs for f in result.faces for r in f.refs)
+        used = [Path(r) for f in result.faces for r in f.refs]
+        assert used and all(r.parent == refs for r in used), result.faces
         ours, lanczos = _face_gain(original, small, out / "small.jpg", box)
         gains.append(ours - lanczos)
         print(f"{photo.parent.name}/{photo.name}: hime {ours:.2f} dB, lanczos {lanczos:.2f} dB")

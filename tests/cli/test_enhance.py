@@ -205,20 +205,20 @@ def test_rgba_16bit_and_grey_png_round_trip(tmp_path: Path, weights: Path) -> No
     assert grey.mode == "L" and grey.size == (512, 512)
 
 
-def test_cmyk_round_trips_or_fails_clearly(tmp_path: Path, weights: Path) -> None:
+def test_cmyk_round_trips(tmp_path: Path, weights: Path) -> None:
+    """The writer supports CMYK (through the ICC profile or the inverse of Pillow's formula): a CMYK
+    photo comes out CMYK, ×4, without a colour shift."""
     src = tmp_path / "c.jpg"
     Image.fromarray(astronaut()).convert("CMYK").save(src, quality=95)
     out = tmp_path / "out"
     result = _invoke(["enhance", str(src), "--out", str(out), "--json", *_base(weights)])
-    report = json.loads(result.stdout)
-    if result.exit_code == 0:
-        im = Image.open(out / "c.jpg")
-        assert im.mode == "CMYK" and im.size == (512, 512)
-        shown = np.asarray(im.convert("RGB").resize((128, 128), Image.Resampling.BOX), dtype=float)
-        original = np.asarray(Image.open(src).convert("RGB"), dtype=float)
-        assert np.abs(shown - original).mean() < 6  # no colour shift
-    else:
-        assert result.exit_code == 1 and report["photos"][0]["reason"]
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout)["photos"][0]["status"] == "done"
+    im = Image.open(out / "c.jpg")
+    assert im.mode == "CMYK" and im.size == (512, 512)
+    shown = np.asarray(im.convert("RGB").resize((128, 128), Image.Resampling.BOX), dtype=float)
+    original = np.asarray(Image.open(src).convert("RGB"), dtype=float)
+    assert np.abs(shown - original).mean() < 6  # no colour shift
 
 
 def test_failed_photo_exits_1_with_reason_in_table(tmp_path: Path, weights: Path) -> None:
@@ -302,6 +302,7 @@ def test_photo_enhanced_in_place_is_enhanced_again_from_its_original(tmp_path: P
     assert Image.open(out / "a.jpg").size == (512, 512)
 
 
+@pytest.mark.slow
 def test_sigkill_in_place_never_loses_or_tears_a_photo(tmp_path: Path, weights: Path) -> None:
     work = tmp_path / "work"
     work.mkdir()
@@ -326,7 +327,7 @@ def test_sigkill_in_place_never_loses_or_tears_a_photo(tmp_path: Path, weights: 
     rng = random.Random(1234)
     kills = runs = 0
     states: list[int] = []  # photos replaced after each killed run
-    while kills < 10 and runs < 30:
+    while kills < 6 and runs < 15:
         _, replaced = _check_invariants(work, originals)
         if replaced == len(originals):  # all done: start over from the originals
             assert restore([work]).ok
@@ -341,22 +342,17 @@ def test_sigkill_in_place_never_loses_or_tears_a_photo(tmp_path: Path, weights: 
             states.append(_check_invariants(work, originals)[1])
         _check_invariants(work, originals)
     print("photos replaced when killed:", states)
-    assert kills >= 10
+    assert kills >= 6
 
-    final = _hime([*args, "--json"], env)
-    assert final.wait(timeout=600) == 0, final.stderr.read().decode() if final.stderr else ""
+    # The last runs need no process of their own (nothing kills them): in this one.
+    final = _invoke([*args, "--json"])
+    assert final.exit_code == 0, final.output
     untouched, replaced = _check_invariants(work, originals)
     assert (untouched, replaced) == (0, len(originals))
     # And nothing is enhanced twice: one more run skips everything.
-    proc = subprocess.run(
-        [sys.executable, "-c", "from hime_cli.cli.app import main; main()", *args, "--json"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == 0
-    assert json.loads(proc.stdout)["summary"]["skipped"] == len(originals)
+    again = _invoke([*args, "--json"])
+    assert again.exit_code == 0
+    assert json.loads(again.stdout)["summary"]["skipped"] == len(originals)
 
 
 def test_json_report_is_valid_utf8_for_non_utf8_file_names(tmp_path: Path, weights: Path) -> None:

@@ -331,9 +331,16 @@ def test_prepared_crops_are_the_same_on_the_first_run_and_from_the_cache(
         region=noisy.region,
         sources=noisy.sources,
     )
-    monkeypatch.setattr(prepare, "prepare_crops", lambda data, limit_identities=None: (noisy, {"kept": 9}))
+    calls: list[Path] = []
+
+    def fake_prepare(data, limit_identities=None):
+        calls.append(data)
+        return noisy, {"kept": 9}
+
+    monkeypatch.setattr(prepare, "prepare_crops", fake_prepare)
     folder = tmp_path / "people"
     folder.mkdir()
     first = load_or_prepare(folder, log=lambda s: None)
     again = load_or_prepare(folder, log=lambda s: None)
+    assert len(calls) == 1  # the second run reads the cache, it does not prepare again
     assert np.array_equal(first.crops, again.crops)
