@@ -3,10 +3,15 @@
 Each case builds its inputs (synthetic photos from skimage's astronaut, or copies and downscales of
 photos in ../shared/data), runs the real CLI in-process with the weights pinned by name (the
 default weights change with releases; these cases must not), and hashes every file written under
-the output folder. ``tests/golden/enhance_sha256.json`` holds the hashes recorded at the commit
-before the issue #13 refactor; a deliberate output change re-records them:
+the output folder. ``tests/golden/enhance_sha256.json`` holds the hashes; a deliberate output
+change re-records them (and says so in its commit):
 
     HIME_GOLDEN_RECORD=1 python -m pytest -q tests/test_enhance_golden.py
+
+History: recorded at bc1a404, before the issue #13 refactor; every #13 commit reproduced those
+bytes. Re-recorded after aa04fb7 (MTCNN with channels-last weights: landmarks move by ~1e-6 px,
+so the crops, and the outputs' low bits, change; with that one change reverted the refactored
+tree still gave the bc1a404 bytes).
 
 Bit-identical outputs depend on the libraries that compute and encode them (torch, OpenCV,
 Pillow, libjpeg, zlib) and the CPU: the file records the versions it was made with and the test
