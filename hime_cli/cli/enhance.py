@@ -333,20 +333,14 @@ def _print_report(report: EnhanceReport, options: EnhanceOptions) -> None:
     summary.add_row("time", f"{report.seconds:.1f} s (SR {report.sr_seconds:.1f} s)")
     out.print(summary)
     failed = [p for p in report.photos if p.status == "failed"]
-    if failed:
-        table = Table(title="Failed", box=None, pad_edge=False)
-        table.add_column("photo", overflow="fold")
-        table.add_column("reason", overflow="fold")
-        for p in failed:
-            table.add_row(safe(p.source), safe(p.reason or ""))
-        out.print(table)
-    if fallbacks:
-        table = Table(title="Written in another format", box=None, pad_edge=False)
-        table.add_column("photo", overflow="fold")
-        table.add_column("why", overflow="fold")
-        for p in fallbacks:
-            table.add_row(safe(p.source), safe(p.note or ""))
-        out.print(table)
+    for title, why, photos in (("Failed", "reason", failed), ("Written in another format", "why", fallbacks)):
+        if photos:
+            table = Table(title=title, box=None, pad_edge=False)
+            table.add_column("photo", overflow="fold")
+            table.add_column(why, overflow="fold")
+            for p in photos:
+                table.add_row(safe(p.source), safe((p.reason if why == "reason" else p.note) or ""))
+            out.print(table)
     if report.compare_index is not None:
         out.print(f"Before/after sheets: {safe(report.compare_index)}", highlight=False)
     written = {p.dest.parent for p in report.photos if p.status == "done" and p.dest is not None}
