@@ -58,6 +58,7 @@ def heic(tmp_path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_heic_beyond_x265_is_planned_and_written_as_jpeg_with_its_metadata(
     assets: Path,  # noqa: F811 - fixture
     heic: Path,

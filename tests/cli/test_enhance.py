@@ -180,6 +180,7 @@ def test_heic_stays_heic(tmp_path: Path, weights: Path) -> None:
     assert im.getexif()[0x010F] == "HimeCam"
 
 
+@pytest.mark.slow
 def test_rgba_16bit_and_grey_png_round_trip(tmp_path: Path, weights: Path) -> None:
     folder = tmp_path / "in"
     folder.mkdir()

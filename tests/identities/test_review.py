@@ -41,6 +41,7 @@ def test_export_crop_matrix_centres_the_face_region() -> None:
     assert export_crop_matrix(big)[1] == 1024  # capped at 512 px of face region
 
 
+@pytest.mark.slow
 def test_exported_crop_is_detected_again(astronaut_detection, tmp_path: Path) -> None:
     from hime_cli.faces.detect import get_detector
 
