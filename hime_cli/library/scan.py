@@ -190,7 +190,8 @@ class _Analyser:
         self._force = force
         self._detector = detector
         self._device = device
-        self.uses_torch = True  # MTCNN, and dlib's ResNet runs in torch too (faces.dlib_resnet)
+        # MTCNN, facenet, and dlib's ResNet (it runs in torch: faces.dlib_resnet) use torch.
+        self.uses_torch = detector is None or self._embedder_name in ("facenet", "dlib")
 
     def __call__(self, pending: _Pending, *, allow_shortcuts: bool = True) -> _Analysed:
         result = _Analysed(pending)
