@@ -415,6 +415,7 @@ def test_missing_backup_falls_back_to_indexing_the_file(library: Path) -> None:
 
 
 _INTERRUPT_SCRIPT = """
+import signal
 import sys
 import time
 from hime_cli.library.index import LibraryIndex
@@ -431,6 +432,9 @@ class SlowDetector(CentreDetector):
 
 
 if __name__ == "__main__":
+    # Ctrl-C as on a terminal: a shell starts background jobs (`cmd &`, CI under nohup) with SIGINT
+    # ignored, which Python then never turns into KeyboardInterrupt.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     with LibraryIndex.open(sys.argv[1]) as index:
         try:
             scan_paths([sys.argv[2]], index, embedder=MeanColourEmbedder(),
