@@ -15,15 +15,14 @@ quality rule that treats faces embedding within ``g0`` of the average face as ``
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from face_features import DEFAULT_CACHE, Features, cached  # noqa: E402
-from generalization import DEV, gated_labels, score, unit  # noqa: E402
+from face_features import DEFAULT_CACHE, Features  # noqa: E402
+from generalization import gated_labels, library_args, score, unit  # noqa: E402
 
 from hime_cli.faces.quality import MEAN_DLIB_EMBEDDING, assess, generic_distance  # noqa: E402
 from hime_cli.identities.cluster import attach_to_clusters, canonical_labels, cluster_embeddings  # noqa: E402
@@ -92,11 +91,7 @@ def report(name: str, dev: Features, second: Features, labeller, thresholds) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dev", type=Path, default=DEV)
-    parser.add_argument("--second", type=Path, default=Path("/tmp/lfw_library"))
-    args = parser.parse_args(argv)
-    dev, second = cached(args.dev), cached(args.second)
+    args, dev, second = library_args(argv, __doc__.splitlines()[0])
     view = {id(dev): views(args.dev, dev), id(second): views(args.second, second)}
     unit_ts = [round(0.34 + 0.005 * i, 3) for i in range(25)]
     print(

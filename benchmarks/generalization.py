@@ -107,12 +107,17 @@ def run(f: Features, variant: str, t: float) -> np.ndarray:
     return labeller(f, emb, t) if labeller else cluster_embeddings(emb, t)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def library_args(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, Features, Features]:
+    """--dev and --second (the tuning library and the one never tuned on), with their cached features."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dev", type=Path, default=DEV)
     parser.add_argument("--second", type=Path, default=Path("/tmp/lfw_library"))
     args = parser.parse_args(argv)
-    dev, second = cached(args.dev), cached(args.second)
+    return args, cached(args.dev), cached(args.second)
+
+
+def main(argv: list[str] | None = None) -> int:
+    _, dev, second = library_args(argv, __doc__.splitlines()[0])
     print(
         f"dev: {len(dev.truth)} faces / {len(set(dev.truth))} ids; second: {len(second.truth)} / {len(set(second.truth))}"
     )
