@@ -59,6 +59,11 @@ class SamplerConfig:
     p_self: float = 0.0  # one reference is the target's own HR face, re-framed and re-lit (see below)
     self_rot_deg: float = 1.5  # extra framing jitter of a self reference relative to the target
     self_shift: float = 0.02  # (fraction of the crop half-size: 0.02 = 1.3 HR px)
+    self_scale: float = 0.0  # extra scale jitter of a self reference (0.05 = ±5 %)
+    # A smooth random displacement of a self reference (expression, pose, lens): a 4 x 4 grid of
+    # offsets drawn up to ±u * self_warp (u uniform in 0-1 per sample, fraction of the crop
+    # half-size: 0.06 = 3.8 HR px), bicubically upsampled. 0 = none (the default; see the docs).
+    self_warp: float = 0.0
     p_similar: float = 0.0  # true references are the most similar-looking photos (see above)
     ref_rot_deg: float = 2.0
     ref_shift: float = 0.015
@@ -109,14 +114,16 @@ class CropSampler:
         )
         return torch.from_numpy(theta.astype(np.float32)).to(self.device)
 
-    def _perturb(self, theta: Tensor, rot_deg: float, shift: float) -> Tensor:
-        """``theta`` (n, 2, 3) composed with a small random rotation and shift of the output frame."""
+    def _perturb(self, theta: Tensor, rot_deg: float, shift: float, scale: float = 0.0) -> Tensor:
+        """``theta`` (n, 2, 3) composed with a small random rotation, scale and shift of the output frame."""
         n = theta.shape[0]
         angle = np.deg2rad(self.rng.uniform(-rot_deg, rot_deg, n))
         tx, ty = self.rng.uniform(-shift, shift, n), self.rng.uniform(-shift, shift, n)
+        s = 1.0 + self.rng.uniform(-scale, scale, n) if scale > 0 else np.ones(n)
+        cos, sin = np.cos(angle) * s, np.sin(angle) * s
         small = np.zeros((n, 3, 3), dtype=np.float32)
-        small[:, 0, 0], small[:, 0, 1], small[:, 0, 2] = np.cos(angle), -np.sin(angle), tx
-        small[:, 1, 0], small[:, 1, 1], small[:, 1, 2] = np.sin(angle), np.cos(angle), ty
+        small[:, 0, 0], small[:, 0, 1], small[:, 0, 2] = cos, -sin, tx
+        small[:, 1, 0], small[:, 1, 1], small[:, 1, 2] = sin, cos, ty
         small[:, 2, 2] = 1.0
         return theta @ torch.from_numpy(small).to(theta.device)
 
@@ -131,9 +138,22 @@ class CropSampler:
         gamma, gain, bias = draw(0.7, 1.4), draw(0.7, 1.3), draw(-0.1, 0.1)
         return (images.clamp_min(1e-4) ** gamma * gain + bias).clamp(0, 1)
 
-    def _warp(self, index: np.ndarray, theta: Tensor, flip: np.ndarray) -> Tensor:
+    def _displacement(self, n: int, amplitude: float) -> Tensor:
+        """(n, H, W, 2) smooth random offsets in normalised coordinates, up to ±u·amplitude (u ~ U(0, 1))."""
+        u = self.rng.uniform(0.0, 1.0, (n, 1, 1, 1))
+        coarse = self.rng.uniform(-1.0, 1.0, (n, 2, 4, 4)) * u * amplitude
+        coarse_t = torch.from_numpy(coarse.astype(np.float32)).to(self.device)
+        fine = F.interpolate(coarse_t, size=(HR_SIZE, HR_SIZE), mode="bicubic", align_corners=True)
+        return fine.permute(0, 2, 3, 1)
+
+    def _warp(
+        self, index: np.ndarray, theta: Tensor, flip: np.ndarray, displacement: Tensor | None = None
+    ) -> Tensor:
+        """Sample crops ``index`` under ``theta``; ``displacement`` (n, H, W, 2) or None is added to the grid."""
         images = self.images[torch.from_numpy(index).to(self.device)].float() / 255.0
         grid = F.affine_grid(theta, [len(index), 3, HR_SIZE, HR_SIZE], align_corners=False)
+        if displacement is not None:
+            grid = grid + displacement / STORE_MARGIN  # output-frame offsets, in stored-crop units
         if flip.any():
             f = torch.from_numpy(flip).to(self.device)
             grid[f] = grid[f].flip(2)  # mirror the output horizontally
@@ -191,9 +211,18 @@ class CropSampler:
         self_rows = np.flatnonzero(is_self)
         if len(self_rows):
             ref_theta = ref_theta.view(batch, n, 2, 3).clone()
-            ref_theta[self_rows, 0] = self._perturb(target_theta[self_rows], cfg.self_rot_deg, cfg.self_shift)
+            ref_theta[self_rows, 0] = self._perturb(
+                target_theta[self_rows], cfg.self_rot_deg, cfg.self_shift, cfg.self_scale
+            )
             ref_theta = ref_theta.view(batch * n, 2, 3)
-        refs = self._warp(ref_index.reshape(-1), ref_theta, np.repeat(flip, n)).view(
+        displacement = None
+        if len(self_rows) and cfg.self_warp > 0:
+            displacement = torch.zeros(batch, n, HR_SIZE, HR_SIZE, 2, device=self.device)
+            displacement[torch.from_numpy(self_rows).to(self.device), 0] = self._displacement(
+                len(self_rows), cfg.self_warp
+            )
+            displacement = displacement.view(batch * n, HR_SIZE, HR_SIZE, 2)
+        refs = self._warp(ref_index.reshape(-1), ref_theta, np.repeat(flip, n), displacement).view(
             batch, n, 3, HR_SIZE, HR_SIZE
         )
         if len(self_rows):

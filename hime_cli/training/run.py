@@ -74,6 +74,7 @@ def run_training(
     checkpoint_minutes: float = 10.0,
     lambda_cor: float | None = None,
     degradation: str = "bicubic",
+    self_geometry: dict[str, float] | None = None,
     log: Callable[[str], None] = print,
     on_step=None,
 ):
@@ -103,6 +104,12 @@ def run_training(
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_similar=p_similar))
     if patch is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, patch=patch))
+    geometry = {k: v for k, v in (self_geometry or {}).items() if v is not None}
+    unknown = set(geometry) - {"self_rot_deg", "self_shift", "self_scale", "self_warp"}
+    if unknown:
+        raise ValueError(f"unknown self-reference geometry settings: {sorted(unknown)}")
+    if geometry:
+        cfg = replace(cfg, sampler=replace(cfg.sampler, **geometry))
     if degradation not in ("bicubic", "real"):
         from hime_cli.errors import UsageError
 
@@ -160,6 +167,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--p-self", type=float)
     p.add_argument("--p-similar", type=float, help="share of true references picked by appearance")
     p.add_argument("--patch", type=int, help="train on random HR patches of this size")
+    p.add_argument("--self-rot", type=float, help="self-reference rotation jitter, degrees (default 1.5)")
+    p.add_argument("--self-shift", type=float, help="self-reference shift, fraction of the half-size (0.02)")
+    p.add_argument("--self-scale", type=float, help="self-reference scale jitter (default 0)")
+    p.add_argument("--self-warp", type=float, help="self-reference smooth warp amplitude (default 0)")
     p.add_argument("--warmup-steps", type=int)
     p.add_argument("--threads", type=int)
     p.add_argument("--val-every", type=int)
@@ -193,6 +204,12 @@ def main(argv: list[str] | None = None) -> None:
         warmup_steps=a.warmup_steps,
         val_every=a.val_every,
         degradation=a.degradation,
+        self_geometry={
+            "self_rot_deg": a.self_rot,
+            "self_shift": a.self_shift,
+            "self_scale": a.self_scale,
+            "self_warp": a.self_warp,
+        },
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
 

@@ -256,6 +256,30 @@ def test_self_references_are_the_target_reframed_and_relit() -> None:
     assert (_pearson(refs0[:, 0], hr0) < 0.9).all()
 
 
+def test_stronger_self_reference_geometry_displaces_the_self_reference() -> None:
+    cs = synthetic_crops(n_ids=3, per_id=4)
+    base = dict(
+        scale=4, p_blank=0.0, p_wrong=0.0, p_fewer=0.0, rot_deg=0.0, shift=0.0, scale_jitter=0.0, p_zoom=0.0
+    )
+    sampler = CropSampler(cs, SamplerConfig(**base, p_self=1.0, self_warp=0.08), seed=3)
+    field = sampler._displacement(16, 0.08)
+    assert field.shape == (16, 128, 128, 2)
+    assert 0.0 < float(field.abs().max()) <= 0.08 + 1e-6
+    # smooth: neighbouring pixels move alike (a 4 x 4 control grid, not per-pixel noise)
+    assert float((field[:, 1:] - field[:, :-1]).abs().max()) < 0.08 / 10
+    near = CropSampler(cs, SamplerConfig(**base, p_self=1.0), seed=3)
+    far = CropSampler(
+        cs,
+        SamplerConfig(**base, p_self=1.0, self_rot_deg=8.0, self_shift=0.1, self_scale=0.08, self_warp=0.1),
+        seed=3,
+    )
+    _, hr_n, refs_n, _ = near.sample(24)
+    _, hr_f, refs_f, _ = far.sample(24)
+    corr_near, corr_far = _pearson(refs_n[:, 0], hr_n), _pearson(refs_f[:, 0], hr_f)
+    assert float(corr_far.mean()) < float(corr_near.mean()) - 0.02, (corr_near.mean(), corr_far.mean())
+    assert float(corr_far.mean()) > float(_pearson(refs_f[:, 1], hr_f).mean())  # still the target's face
+
+
 def test_eval_plan_picks_references_that_look_like_the_lr_face() -> None:
     from hime_cli.identities.exemplars import appearance_vector
 
