@@ -18,12 +18,20 @@ def register(app: typer.Typer) -> None:
 def list_cmd(
     json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
     identity: int | None = typer.Option(None, "--identity", help="Only the faces of this identity id."),
-    max_size: float | None = typer.Option(None, "--max-size", help="Only faces at most this many pixels."),
+    max_size: float | None = typer.Option(
+        None, "--max-size", help="Only faces of at most this size (px: the crop region side, as everywhere)."
+    ),
     show_all: bool = typer.Option(
         False, "--all", help="Also detections that are not faces (the quality gate's and yours)."
     ),
 ) -> None:
-    """List every indexed face: id, photo, box in the upright photo's pixels, score, size, sharpness, quality, identity and name."""
+    """List every indexed face: id, photo, box in the upright photo's pixels, score, size, sharpness, quality, identity and name.
+
+    The size is hime's one face size: the side of the face's crop region in photo pixels
+    (``faces.align.region_size``), the size the contact sheets print and the exemplar rule
+    (``--hr-size``) compares; the box is the detector's, a little smaller.
+    """
+    from hime_cli.faces.align import region_size
     from hime_cli.identities.store import identity_names
     from hime_cli.library.index import LibraryIndex, display_path
     from hime_cli.paths import get_paths
@@ -34,23 +42,26 @@ def list_cmd(
     else:
         with LibraryIndex.open(readonly=True) as index:
             names = identity_names(index)
-            rows = [
-                {
-                    "face_id": face.id,
-                    "photo": display_path(face.photo_path),
-                    "box": [round(v, 2) for v in face.box.as_list()],
-                    "score": round(float(face.score), 4),
-                    "size": round(float(face.size), 2),
-                    "sharpness": round(float(face.sharpness), 3),
-                    "quality": "rejected" if face.rejected else face.quality,
-                    "identity_id": face.identity_id,
-                    "name": names.get(face.identity_id) if face.identity_id is not None else None,
-                }
-                for face in index.iter_faces(
-                    with_embeddings=False, identity_id=identity, include_rejected=show_all
+            rows = []
+            for face in index.iter_faces(
+                with_embeddings=False, identity_id=identity, include_rejected=show_all
+            ):
+                size = region_size(face.landmarks)
+                if max_size is not None and size > max_size:
+                    continue
+                rows.append(
+                    {
+                        "face_id": face.id,
+                        "photo": display_path(face.photo_path),
+                        "box": [round(v, 2) for v in face.box.as_list()],
+                        "score": round(float(face.score), 4),
+                        "size": round(size, 2),
+                        "sharpness": round(float(face.sharpness), 3),
+                        "quality": "rejected" if face.rejected else face.quality,
+                        "identity_id": face.identity_id,
+                        "name": names.get(face.identity_id) if face.identity_id is not None else None,
+                    }
                 )
-                if max_size is None or face.size <= max_size
-            ]
     if json_out:
         print_json(rows)
         return

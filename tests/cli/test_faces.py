@@ -50,12 +50,16 @@ def test_faces_list_json_fields_and_filters(tmp_path: Path) -> None:
     assert (rows[0]["name"], rows[1]["name"]) == (None, "Bo") and rows[0]["quality"] == "good"
     assert rows[0]["photo"] == str(photo) and Path(rows[0]["photo"]).is_absolute()
     assert rows[0]["box"] == [5.0, 10.0, 29.0, 34.0]
-    assert rows[0]["size"] == 24.0 and rows[0]["score"] == 0.98 and rows[0]["sharpness"] == 7.5
+    # the size is the crop region side (faces.align.region_size), not the 24 px detection box
+    assert rows[0]["size"] == 28.92 and rows[0]["score"] == 0.98 and rows[0]["sharpness"] == 7.5
     assert (rows[0]["identity_id"], rows[1]["identity_id"]) == (None, 1)
     only = json.loads(runner.invoke(app, ["faces", "list", "--json", "--identity", "1"]).stdout)
     assert [r["face_id"] for r in only] == [big]
     small_only = json.loads(runner.invoke(app, ["faces", "list", "--json", "--max-size", "64"]).stdout)
     assert [r["face_id"] for r in small_only] == [small]
+    # --max-size filters on the size listed: the 24 px box has a 28.9 px region
+    boxed = json.loads(runner.invoke(app, ["faces", "list", "--json", "--max-size", "25"]).stdout)
+    assert boxed == []
     table = runner.invoke(app, ["faces", "list"], env={"COLUMNS": "250"})
     assert table.exit_code == 0 and "2 faces" in table.stdout and "p.jpg" in table.stdout
     assert "Bo" in table.stdout  # the name next to the identity id
@@ -120,3 +124,41 @@ def test_faces_list_after_a_real_scan_matches_the_photo(tmp_path: Path) -> None:
     # Upright, the astronaut's face is in the upper middle of the 512 × 512 picture.
     assert 150 < (x0 + x1) / 2 < 260 and 50 < (y0 + y1) / 2 < 160
     assert row["photo"] == str(root / "rot.jpg") and row["size"] > 50
+
+
+def test_faces_list_the_contact_sheet_and_the_exemplar_rule_give_one_size(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Issue #10 item 9: one face size (the crop region side) in `faces list`, on the contact
+    sheet's caption and in the exemplar rule (a face of size S is an exemplar at --hr-size S)."""
+    from hime_cli.identities import review
+    from hime_cli.identities.exemplars import exemplar_faces_for_identity
+
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.full((200, 240, 3), 128, np.uint8)).save(photo)
+    with LibraryIndex.open() as index:
+        _, (face_id,) = index.record_photo(photo, [_face(40, 120)], size=1, mtime_ns=1, sha256=None)
+        with index.transaction() as conn:
+            conn.execute("INSERT INTO identities (name, created_at) VALUES ('Bo', 'now')")
+            conn.execute("UPDATE faces SET identity_id = 1")
+    (row,) = json.loads(runner.invoke(app, ["faces", "list", "--json"]).stdout)
+    size = row["size"]
+    assert 140 < size < 150  # the 120 px box's region, not the box
+
+    captions: list[tuple[str, bool]] = []
+    real_render = review.render_contact_sheet
+
+    def capture(tiles, *args, **kwargs):
+        captions.extend((label, exemplar) for _, label, exemplar in tiles)
+        return real_render(tiles, *args, **kwargs)
+
+    monkeypatch.setattr(review, "render_contact_sheet", capture)
+    with LibraryIndex.open() as index:
+        review.write_contact_sheet(index, 1, tmp_path / "sheet.png", hr_size=size - 0.01)
+        review.write_contact_sheet(index, 1, tmp_path / "sheet2.png", hr_size=size + 0.01)
+        at_size = [f.id for f in exemplar_faces_for_identity(index, 1, size - 0.01)]
+        above = [f.id for f in exemplar_faces_for_identity(index, 1, size + 0.01)]
+    (label, outlined), (_, outlined_above) = captions
+    assert label.startswith(f"#{face_id}  {size:.0f}px")  # the sheet prints the listed size
+    assert (at_size, above) == ([face_id], [])  # the exemplar rule compares the listed size
+    assert outlined and not outlined_above  # and the sheet outlines exemplars by the same rule
