@@ -10,103 +10,104 @@ from hime_cli.cli.common import err, out, print_json, progress_enabled
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("eval")
-    def eval_cmd(
-        data: Path = typer.Argument(
-            ..., help="Identity folders (<DIR>/<person>/*.jpg) or a prepared crops .npz."
-        ),
-        scale: int = typer.Option(4, "--scale", help="4 (32→128) or 8 (16→128)."),
-        refs: int = typer.Option(3, "--refs", help="References per face (other photos of the same person)."),
-        weights: str | None = typer.Option(
-            None, "--weights", help="Weight name (arch.tag) or .safetensors path."
-        ),
-        limit: int | None = typer.Option(
-            None, "--limit", help="Evaluate at most N faces (spread over identities)."
-        ),
-        batch: int = typer.Option(16, "--batch"),
-        threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's)."),
-        no_identity: bool = typer.Option(
-            False, "--no-identity", help="Skip the dlib identity distance (faster)."
-        ),
-        degradation: str = typer.Option(
-            "bicubic",
-            "--degradation",
-            help="bicubic (the paper's protocol) or real (blur, noise, JPEG q30-95; seeded per face).",
-        ),
-        seed: int = typer.Option(
-            0, "--seed", help="Seed of the real degradation and of the reference draws."
-        ),
-        json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
-    ) -> None:
-        """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
-        import torch
-        from rich.progress import Progress
-        from rich.table import Table
+    """Register ``hime eval`` on the root app."""
+    app.command("eval")(eval_cmd)
 
-        from hime_cli.errors import UsageError
-        from hime_cli.training.degradation import PROTOCOLS
-        from hime_cli.training.evaluate import evaluate, load_model_for_eval, params_and_gmacs
-        from hime_cli.training.run import load_or_prepare
 
-        if scale not in (4, 8):
-            raise UsageError(f"--scale must be 4 or 8, got {scale}")
-        if degradation not in PROTOCOLS:
-            raise UsageError(f"--degradation must be one of {', '.join(PROTOCOLS)}, got {degradation!r}")
-        if threads:
-            torch.set_num_threads(threads)
-        model, label = load_model_for_eval(weights, scale)
-        # A quick --limit run only prepares enough identity folders for that many faces.
-        limit_ids = max(2, -(-limit // 4)) if limit else None
-        crops = load_or_prepare(
-            data, log=lambda s: err.print(s, highlight=False, markup=False), limit_identities=limit_ids
+def eval_cmd(
+    data: Path = typer.Argument(
+        ..., help="Identity folders (<DIR>/<person>/*.jpg) or a prepared crops .npz."
+    ),
+    scale: int = typer.Option(4, "--scale", help="4 (32→128) or 8 (16→128)."),
+    refs: int = typer.Option(3, "--refs", help="References per face (other photos of the same person)."),
+    weights: str | None = typer.Option(
+        None, "--weights", help="Weight name (arch.tag) or .safetensors path."
+    ),
+    limit: int | None = typer.Option(
+        None, "--limit", help="Evaluate at most N faces (spread over identities)."
+    ),
+    batch: int = typer.Option(16, "--batch"),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (default: torch's)."),
+    no_identity: bool = typer.Option(
+        False, "--no-identity", help="Skip the dlib identity distance (faster)."
+    ),
+    degradation: str = typer.Option(
+        "bicubic",
+        "--degradation",
+        help="bicubic (the paper's protocol) or real (blur, noise, JPEG q30-95; seeded per face).",
+    ),
+    seed: int = typer.Option(0, "--seed", help="Seed of the real degradation and of the reference draws."),
+    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+) -> None:
+    """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
+    import torch
+    from rich.progress import Progress
+    from rich.table import Table
+
+    from hime_cli.errors import UsageError
+    from hime_cli.training.degradation import PROTOCOLS
+    from hime_cli.training.evaluate import evaluate, load_model_for_eval, params_and_gmacs
+    from hime_cli.training.run import load_or_prepare
+
+    if scale not in (4, 8):
+        raise UsageError(f"--scale must be 4 or 8, got {scale}")
+    if degradation not in PROTOCOLS:
+        raise UsageError(f"--degradation must be one of {', '.join(PROTOCOLS)}, got {degradation!r}")
+    if threads:
+        torch.set_num_threads(threads)
+    model, label = load_model_for_eval(weights, scale)
+    # A quick --limit run only prepares enough identity folders for that many faces.
+    limit_ids = max(2, -(-limit // 4)) if limit else None
+    crops = load_or_prepare(
+        data, log=lambda s: err.print(s, highlight=False, markup=False), limit_identities=limit_ids
+    )
+    if len(crops) == 0:
+        raise UsageError(f"no usable faces found in {data}")
+    with Progress(console=err, disable=not progress_enabled()) as bar:
+        task = bar.add_task("evaluating", total=None)
+        result = evaluate(
+            model,
+            crops,
+            scale=scale,
+            n_refs=refs,
+            limit=limit,
+            batch=batch,
+            with_identity=not no_identity,
+            degradation=degradation,
+            seed=seed,
+            progress=lambda done, n: bar.update(task, completed=done, total=n),
         )
-        if len(crops) == 0:
-            raise UsageError(f"no usable faces found in {data}")
-        with Progress(console=err, disable=not progress_enabled()) as bar:
-            task = bar.add_task("evaluating", total=None)
-            result = evaluate(
-                model,
-                crops,
-                scale=scale,
-                n_refs=refs,
-                limit=limit,
-                batch=batch,
-                with_identity=not no_identity,
-                degradation=degradation,
-                seed=seed,
-                progress=lambda done, n: bar.update(task, completed=done, total=n),
-            )
-        params, gmacs = params_and_gmacs(model, scale, refs)
-        result = {**result, "weights": label, "params": params, "gmacs": gmacs}
-        order = [
-            "scale",
-            "lr_size",
-            "degradation",
-            "seed",
-            "faces",
-            "identities",
-            "refs",
-            "weights",
-            "params",
-            "gmacs",
-            "methods",
-        ]
-        result = {k: result[k] for k in order if k in result}
-        if json_out:
-            print_json(result)
-            return
-        table = Table(
-            title=f"×{scale} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
+    params, gmacs = params_and_gmacs(model, scale, refs)
+    result = {**result, "weights": label, "params": params, "gmacs": gmacs}
+    order = [
+        "scale",
+        "lr_size",
+        "degradation",
+        "seed",
+        "faces",
+        "identities",
+        "refs",
+        "weights",
+        "params",
+        "gmacs",
+        "methods",
+    ]
+    result = {k: result[k] for k in order if k in result}
+    if json_out:
+        print_json(result)
+        return
+    table = Table(
+        title=f"×{scale} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
+    )
+    for col in ("method", "PSNR (dB)", "SSIM", "id dist", "ms/face"):
+        table.add_column(col, justify="right" if col != "method" else "left")
+    for name, m in result["methods"].items():
+        table.add_row(
+            name,
+            f"{m['psnr']:.2f}",
+            f"{m['ssim']:.4f}",
+            f"{m.get('id_dist', float('nan')):.3f}",
+            f"{m['ms_per_face']:.1f}" if "ms_per_face" in m else "-",
         )
-        for col in ("method", "PSNR (dB)", "SSIM", "id dist", "ms/face"):
-            table.add_column(col, justify="right" if col != "method" else "left")
-        for name, m in result["methods"].items():
-            table.add_row(
-                name,
-                f"{m['psnr']:.2f}",
-                f"{m['ssim']:.4f}",
-                f"{m.get('id_dist', float('nan')):.3f}",
-                f"{m['ms_per_face']:.1f}" if "ms_per_face" in m else "-",
-            )
-        out.print(table)
-        out.print(f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['lr_size']}→128 with {refs} refs")
+    out.print(table)
+    out.print(f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['lr_size']}→128 with {refs} refs")

@@ -19,37 +19,38 @@ EMBEDDER_HELP = "Face embedder: dlib (default, works offline) or facenet (downlo
 
 
 def register(app: typer.Typer) -> None:
-    @app.command("scan")
-    def scan_cmd(
-        paths: list[Path] = typer.Argument(..., help="Folders (scanned recursively) or photo files."),
-        embedder: str = typer.Option("dlib", "--embedder", "-e", help=EMBEDDER_HELP),
-        force: bool = typer.Option(False, "--force", help="Re-process every photo, even unchanged ones."),
-        json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
-    ) -> None:
-        """Index every photo under PATH: faces, sharpness, embeddings, EXIF. Re-runs skip unchanged photos.
+    """Register ``hime scan`` on the root app."""
+    app.command("scan")(scan_cmd)
 
-        Exit code 1 when some photos could not be read (listed in the summary), 0 otherwise.
-        """
-        from hime_cli.errors import UsageError
-        from hime_cli.faces.embed import EMBEDDERS
-        from hime_cli.library.index import LibraryIndex
-        from hime_cli.library.scan import scan_paths
 
-        if embedder not in EMBEDDERS:
-            raise UsageError(
-                f"unknown embedder {embedder!r}.", hint=f"choose one of: {', '.join(EMBEDDERS)}."
-            )
-        with LibraryIndex.open(lock_timeout=2.0) as index, _ScanProgress() as progress:
-            report = scan_paths(paths, index, embedder=embedder, progress=progress, force=force)
-            identities = _update_identities(index, report)
-        if json_out:
-            data = report.to_dict()
-            data["index"] = str(index.path)
-            data["identities"] = identities
-            print_json(data)
-        else:
-            _print_summary(report, identities)
-        raise typer.Exit(EXIT_FAILED if report.failures else EXIT_OK)
+def scan_cmd(
+    paths: list[Path] = typer.Argument(..., help="Folders (scanned recursively) or photo files."),
+    embedder: str = typer.Option("dlib", "--embedder", "-e", help=EMBEDDER_HELP),
+    force: bool = typer.Option(False, "--force", help="Re-process every photo, even unchanged ones."),
+    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+) -> None:
+    """Index every photo under PATH: faces, sharpness, embeddings, EXIF. Re-runs skip unchanged photos.
+
+    Exit code 1 when some photos could not be read (listed in the summary), 0 otherwise.
+    """
+    from hime_cli.errors import UsageError
+    from hime_cli.faces.embed import EMBEDDERS
+    from hime_cli.library.index import LibraryIndex
+    from hime_cli.library.scan import scan_paths
+
+    if embedder not in EMBEDDERS:
+        raise UsageError(f"unknown embedder {embedder!r}.", hint=f"choose one of: {', '.join(EMBEDDERS)}.")
+    with LibraryIndex.open(lock_timeout=2.0) as index, _ScanProgress() as progress:
+        report = scan_paths(paths, index, embedder=embedder, progress=progress, force=force)
+        identities = _update_identities(index, report)
+    if json_out:
+        data = report.to_dict()
+        data["index"] = str(index.path)
+        data["identities"] = identities
+        print_json(data)
+    else:
+        _print_summary(report, identities)
+    raise typer.Exit(EXIT_FAILED if report.failures else EXIT_OK)
 
 
 class _ScanProgress:

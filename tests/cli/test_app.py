@@ -95,3 +95,39 @@ def test_os_errors_are_one_line(monkeypatch, tmp_path) -> None:
     message, hint, _ = describe_error(sqlite3.OperationalError("database or disk is full"))
     assert "disk is full" in message and "free some disk space" in hint
     assert describe_error(ValueError("a bug")) is None  # bugs keep their traceback
+
+
+def _commands(typer_app, prefix: tuple[str, ...] = ()):
+    """(command path, callback) of every command registered under ``typer_app``, sub-apps included."""
+    for command in typer_app.registered_commands:
+        yield (*prefix, command.name), command.callback
+    for group in typer_app.registered_groups:
+        yield from _commands(group.typer_instance, (*prefix, group.name))
+
+
+def test_every_command_is_a_module_level_function() -> None:
+    """Commands are importable and testable on their own (#13), not closures inside register()."""
+    import importlib
+
+    commands = dict(_commands(app))
+    assert len(commands) >= 20 and ("clusters", "merge") in commands and ("doctor",) in commands
+    for path, callback in commands.items():
+        assert "<locals>" not in callback.__qualname__, (path, callback.__qualname__)
+        module = importlib.import_module(callback.__module__)
+        assert module.__name__.startswith("hime_cli.cli."), path
+        assert getattr(module, callback.__name__) is callback, path
+
+
+def test_module_level_commands_run_without_the_app(capsys) -> None:
+    """A command is a plain function: called directly it does what `hime …` does."""
+    import pytest
+
+    from hime_cli.cli.clusters import merge_cmd
+    from hime_cli.cli.system import paths_cmd
+    from hime_cli.errors import UsageError
+    from hime_cli.paths import get_paths
+
+    paths_cmd(json_out=True)
+    assert json.loads(capsys.readouterr().out)["index"] == str(get_paths().index_path)
+    with pytest.raises(UsageError, match="at least two identity ids"):
+        merge_cmd(identity_ids=[3])
