@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -12,7 +10,7 @@ import typer
 from hime_cli.cli.common import EXIT_FAILED, EXIT_OK, err, out, print_json, progress_enabled
 
 if TYPE_CHECKING:
-    from hime_cli.library.index import LibraryIndex
+    from hime_cli.identities.store import ClusterReport
     from hime_cli.library.scan import ScanEvent, ScanReport
 
 EMBEDDER_HELP = "Face embedder: dlib (default, works offline) or facenet (downloads its weights once)."
@@ -35,14 +33,14 @@ def scan_cmd(
     """
     from hime_cli.errors import UsageError
     from hime_cli.faces.embed import EMBEDDERS
+    from hime_cli.identities.scan import scan_and_place
     from hime_cli.library.index import LibraryIndex
-    from hime_cli.library.scan import scan_paths
 
     if embedder not in EMBEDDERS:
         raise UsageError(f"unknown embedder {embedder!r}.", hint=f"choose one of: {', '.join(EMBEDDERS)}.")
     with LibraryIndex.open(lock_timeout=2.0) as index, _ScanProgress() as progress:
-        report = scan_paths(paths, index, embedder=embedder, progress=progress, force=force)
-        identities = _update_identities(index, report)
+        result = scan_and_place(paths, index, embedder=embedder, progress=progress, force=force)
+    report, identities = result.scan, _identities_summary(result.identities)
     if json_out:
         data = report.to_dict()
         data["index"] = str(index.path)
@@ -93,24 +91,14 @@ class _ScanProgress:
             self._progress.stop()
 
 
-def _update_identities(index: LibraryIndex, report: ScanReport) -> dict[str, Any] | None:
-    """New faces join identities (the identities module does the clustering), when it is installed."""
-    if not report.changed:
+def _identities_summary(placed: ClusterReport | None) -> dict[str, Any] | None:
+    """The ``identities`` part of the report: None when the scan changed no face."""
+    if placed is None:
         return None
-    module = None
-    for name in ("hime_cli.identities.store", "hime_cli.identities.cluster"):
-        if importlib.util.find_spec(name) is not None:
-            candidate = importlib.import_module(name)
-            if hasattr(candidate, "update_identities"):
-                module = candidate
-                break
-    if module is None:
-        return None
-    result = module.update_identities(index, embedder=report.embedder)
     return {
-        "new_faces": getattr(result, "new_faces", None),
-        "joined_existing": getattr(result, "joined_existing", None),
-        "new_identities": len(getattr(result, "new_identities", ()) or ()),
+        "new_faces": placed.new_faces,
+        "joined_existing": placed.joined_existing,
+        "new_identities": len(placed.new_identities),
     }
 
 

@@ -258,21 +258,18 @@ class IndexSource(ExemplarSource):
 
 def scan_missing(source: IndexSource, photos: Sequence[Path], progress: Callable[[str], None] | None) -> None:
     """The run's scan step: index the photos the index lacks (or that changed since), then place
-    their new faces into identities (what `hime scan` does; a run never enhances unknown faces)."""
-    from hime_cli.identities.store import update_identities
-    from hime_cli.library.scan import scan_paths
+    their new faces into identities (:func:`hime_cli.identities.scan.scan_and_place`, what
+    `hime scan` does; a run never enhances unknown faces)."""
+    from hime_cli.identities.scan import scan_and_place
 
     missing = [p for p in photos if source.fresh(p) is None]
     if not missing or source.index is None:
         return
-    report = scan_paths(
+    result = scan_and_place(
         missing,
         source.index,
         progress=(lambda e: progress(f"scanning {e.done}/{e.total}: {e.path.name}")) if progress else None,
+        before_placing=(lambda: progress("placing new faces into identities")) if progress else None,
     )
-    for failure in report.failures:
+    for failure in result.scan.failures:
         log.warning("scan: %s: %s", failure.path, failure.reason)
-    if report.changed:
-        if progress:
-            progress("placing new faces into identities")
-        update_identities(source.index)
