@@ -1,6 +1,7 @@
 """Do references count? Diagnostics of HIME's reference path on a prepared crop set (issue 3).
 
-    python benchmarks/ref_diagnostics.py CROPS.npz --weights W [--scale 4] [--limit N] [--json]
+    python benchmarks/ref_diagnostics.py CROPS.npz --weights W [--scale 4] [--limit N]
+        [--degradation {bicubic,real} --seed S] [--json]
 
 For the eval plan's faces (the same as ``hime eval``) it reports PSNR for:
 
@@ -13,6 +14,9 @@ For the eval plan's faces (the same as ``hime eval``) it reports PSNR for:
   missing detail, perfectly aligned). If this barely beats ``blank``, the network ignores its
   reference path; if it gains a lot, the path works and the limit is what real references hold;
 * ``self_relit`` — the same, re-lit (gain 0.8, gamma 1.2) and shifted by 1 HR pixel;
+* ``self_shift2`` / ``self_shift4`` / ``self_rot5`` / ``self_warp3`` — the target's own face moved
+  by 2 or 4 HR pixels, rotated by 5 degrees, or under a smooth random warp of up to ±3 HR pixels:
+  how far the alignment reaches (another photo of the person is never aligned better than this);
 
 and the mean CoFA weight and offset magnitude for each case. Finally a
 network-free probe of how much of the blank output's remaining error the references could
@@ -33,8 +37,8 @@ import torch
 import torch.nn.functional as F
 
 from hime_cli.sr.blocks import rgb_to_luma as _luma
-from hime_cli.training.dataset import bicubic_downsample, canonical_view
-from hime_cli.training.evaluate import load_model_for_eval, make_plan
+from hime_cli.training.dataset import canonical_view
+from hime_cli.training.evaluate import degraded_inputs, load_model_for_eval, lr_appearance_vectors, make_plan
 from hime_cli.training.metrics import psnr
 from hime_cli.training.prepare import CropSet
 
@@ -46,6 +50,27 @@ def _highpass(y: torch.Tensor) -> torch.Tensor:
     return y - blur
 
 
+def _displaced(
+    hr: torch.Tensor, rot_deg: float, dx: float, dy: float, warp_px: float, seed: int
+) -> torch.Tensor:
+    """``hr`` (B, 3, H, W) rotated by ``rot_deg`` about the centre, moved by (dx, dy) HR px and
+    under a smooth random warp (a 4 x 4 grid of offsets up to ±``warp_px``, seeded)."""
+    b, _, h, w = hr.shape
+    angle = np.deg2rad(rot_deg)
+    theta = torch.tensor(
+        [[np.cos(angle), -np.sin(angle), -2.0 * dx / w], [np.sin(angle), np.cos(angle), -2.0 * dy / h]],
+        dtype=torch.float32,
+    ).expand(b, 2, 3)
+    grid = F.affine_grid(theta, [b, 3, h, w], align_corners=False)
+    if warp_px > 0:
+        gen = torch.Generator().manual_seed(seed)
+        coarse = (torch.rand(b, 2, 4, 4, generator=gen) * 2 - 1) * (2.0 * warp_px / w)
+        grid = grid + F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=True).permute(
+            0, 2, 3, 1
+        )
+    return F.grid_sample(hr, grid, mode="bicubic", padding_mode="border", align_corners=False).clamp(0, 1)
+
+
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("crops", type=Path)
@@ -55,6 +80,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--scale", type=int, default=4)
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--degradation", default="bicubic", choices=("bicubic", "real"), help="LR protocol")
+    p.add_argument("--seed", type=int, default=0, help="seed of the real protocol (as hime eval)")
     p.add_argument("--json", action="store_true")
     a = p.parse_args(argv)
 
@@ -70,7 +97,9 @@ def main(argv: list[str] | None = None) -> dict:
     else:
         model, label = load_model_for_eval(a.weights, a.scale)
     hr_all = canonical_view(crops)
-    plan = make_plan(crops, 3, a.limit, scale=a.scale, hr=hr_all)
+    lr_all = degraded_inputs(hr_all, a.scale, a.degradation, a.seed)
+    queries = lr_appearance_vectors(lr_all) if a.degradation != "bicubic" else None
+    plan = make_plan(crops, 3, a.limit, seed=a.seed, scale=a.scale, hr=hr_all, query_vectors=queries)
     sums: dict[str, float] = {}
     stats: dict[str, list[float]] = {}
     probe = {"ee": 0.0, "er": 0.0, "rr": 0.0, "pixels": 0, "mse_blank": 0.0}
@@ -87,7 +116,7 @@ def main(argv: list[str] | None = None) -> dict:
     for start in range(0, n, a.batch):
         sl = slice(start, min(n, start + a.batch))
         hr = hr_all[plan.targets[sl]]
-        lr = bicubic_downsample(hr, a.scale)
+        lr = lr_all[plan.targets[sl]]
         relit = (hr * 0.8).clamp(0, 1) ** 1.2
         relit = torch.roll(relit, shifts=(1, 1), dims=(-2, -1))
         cases = {
@@ -98,6 +127,14 @@ def main(argv: list[str] | None = None) -> dict:
             "self": (hr[:, None], torch.ones(len(hr), 1, dtype=torch.bool)),
             "self_relit": (relit[:, None], torch.ones(len(hr), 1, dtype=torch.bool)),
         }
+        one = torch.ones(len(hr), 1, dtype=torch.bool)
+        for key, (rot, dx, dy, warp) in {
+            "self_shift2": (0.0, 2.0, 1.0, 0.0),
+            "self_shift4": (0.0, 4.0, -2.0, 0.0),
+            "self_rot5": (5.0, 0.0, 0.0, 0.0),
+            "self_warp3": (0.0, 0.0, 0.0, 3.0),
+        }.items():
+            cases[key] = (_displaced(hr, rot, dx, dy, warp, seed=start)[:, None], one)
         outs = {}
         with torch.inference_mode():
             for key, (refs, mask) in cases.items():
