@@ -1,5 +1,11 @@
 """Choosing exemplars: the person's own good face crops that guide the super-resolution of a face.
 
+One policy, used everywhere an exemplar is chosen: :func:`rank_exemplars` (eligibility and the
+score) and :func:`ranked_candidates` (best first, one per photo, size tiers). ``hime enhance``
+ranks for a target face (``stages.gather_exemplars``); the review sheets, ``hime clusters list``
+and ``export`` rank without one (target ``None``: the same rules less the pose part and the
+identity and photo checks, :func:`exemplar_faces_for_identity`).
+
 For a target face of identity X, a candidate is **eligible** when it
 
 - belongs to X (``identity_id`` equal to the target's; ``None == None`` lets a caller pass an
@@ -45,16 +51,15 @@ from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
-from hime_cli.faces.align import alignment_matrix, region_size
+from hime_cli.faces.align import TRAIN_HR_SIZE, alignment_matrix, region_size
 from hime_cli.luma import luma
 from hime_cli.types import Face
 
 if TYPE_CHECKING:
     from hime_cli.library.index import LibraryIndex
 
-DEFAULT_MAX_REFS = 3
 APPEARANCE_POOL = 32  # best-scored candidates cropped and compared with the LR face per target
-DEFAULT_MIN_REGION = 128.0  # the HR crop size of the released models
+DEFAULT_MIN_REGION = float(TRAIN_HR_SIZE)  # the HR crop size of the released models
 POSE_SIGMA = 0.025
 
 
@@ -72,7 +77,7 @@ class RankedExemplar:
 
     face: Face
     score: float
-    pose: float
+    pose: float | None  # None: ranked without a target
     sharpness: float
     resolution: float
     detection: float
@@ -126,8 +131,11 @@ def _percentile_ranks(values: Sequence[float]) -> np.ndarray:
     return ranks / (len(v) - 1)
 
 
-def is_eligible(target: ExemplarTarget, candidate: Face, min_region: float) -> bool:
-    """Same identity, another photo, and at least ``min_region`` native pixels."""
+def is_eligible(target: ExemplarTarget | None, candidate: Face, min_region: float) -> bool:
+    """Usable, at least ``min_region`` native pixels and, for a target, same identity and another
+    photo."""
+    if target is None:
+        return candidate.usable and region_size(candidate.landmarks) >= min_region
     return (
         candidate.id != target.id
         and candidate.usable  # never a rejected face, never a poor one (blurry, weak detection)
@@ -138,13 +146,18 @@ def is_eligible(target: ExemplarTarget, candidate: Face, min_region: float) -> b
 
 
 def rank_exemplars(
-    target: ExemplarTarget,
+    target: ExemplarTarget | None,
     candidates: Sequence[Face],
     min_region: float = DEFAULT_MIN_REGION,
     weights: ExemplarWeights | None = None,
 ) -> list[RankedExemplar]:
-    """Every eligible candidate with its score, best first (see the module docstring)."""
+    """Every eligible candidate with its score, best first (see the module docstring).
+
+    Without a target (``None``: an identity's exemplar set, not chosen for one face) the score has
+    no pose part and the other three weights are renormalised.
+    """
     w = weights or ExemplarWeights()
+    pose_weight = w.pose if target is not None else 0.0
     eligible = [c for c in candidates if is_eligible(target, c, min_region)]
     if not eligible:
         return []
@@ -152,22 +165,22 @@ def rank_exemplars(
     ranked = []
     for face, sharp_part in zip(eligible, sharp, strict=True):
         region = region_size(face.landmarks)
-        pose = pose_similarity(target.landmarks, face.landmarks)
+        pose = pose_similarity(target.landmarks, face.landmarks) if target is not None else None
         resolution = min(region / min_region, 2.0) - 1.0 if min_region > 0 else 1.0
         detection = float(np.clip(face.score, 0.0, 1.0))
         score = (
-            w.pose * pose
+            pose_weight * (pose or 0.0)
             + w.sharpness * float(sharp_part)
             + w.resolution * resolution
             + w.detection * detection
-        ) / (w.pose + w.sharpness + w.resolution + w.detection)
+        ) / (pose_weight + w.sharpness + w.resolution + w.detection)
         ranked.append(RankedExemplar(face, score, pose, float(sharp_part), resolution, detection, region))
     ranked.sort(key=lambda r: (-r.score, r.face.id))
     return ranked
 
 
 def ranked_candidates(
-    target: ExemplarTarget,
+    target: ExemplarTarget | None,
     candidates: Sequence[Face],
     tiers: Sequence[float] = (DEFAULT_MIN_REGION,),
     weights: ExemplarWeights | None = None,
@@ -189,60 +202,25 @@ def ranked_candidates(
             yield cand
 
 
-def select_exemplars(
-    target: ExemplarTarget,
-    candidates: Sequence[Face],
-    max_refs: int = DEFAULT_MAX_REFS,
-    min_region: float = DEFAULT_MIN_REGION,
-    weights: ExemplarWeights | None = None,
-) -> list[Face]:
-    """Up to ``max_refs`` exemplar faces for ``target``, best first; at most one per photo
-    (:func:`ranked_candidates` with one size tier).
-
-    Fewer (possibly none) when fewer candidates are eligible: a reference that is too small,
-    from the same photo or of another person is never used to fill the quota.
-    """
-    if max_refs < 0:
-        raise ValueError(f"max_refs must be >= 0, got {max_refs}")
-    chosen: list[Face] = []
-    for face in ranked_candidates(target, candidates, (min_region,), weights):
-        if len(chosen) >= max_refs:
-            break
-        chosen.append(face)
-    return chosen
-
-
-def exemplar_quality_order(faces: Sequence[Face], min_region: float = DEFAULT_MIN_REGION) -> list[Face]:
-    """Faces usable as exemplars (usable quality, region >= ``min_region``), best first, independent of a target.
-
-    The same score as :func:`rank_exemplars` without the pose part (there is no target pose):
-    sharpness rank 0.30, resolution 0.15, detection 0.15, renormalised.
-    """
-    usable = [f for f in faces if f.usable and region_size(f.landmarks) >= min_region]
-    if not usable:
-        return []
-    w = ExemplarWeights()
-    sharp = _percentile_ranks([f.sharpness for f in usable])
-    scored = []
-    for face, sharp_part in zip(usable, sharp, strict=True):
-        resolution = min(region_size(face.landmarks) / min_region, 2.0) - 1.0 if min_region > 0 else 1.0
-        score = w.sharpness * float(sharp_part) + w.resolution * resolution + w.detection * float(face.score)
-        scored.append((score, face))
-    scored.sort(key=lambda s: (-s[0], s[1].id))
-    return [face for _, face in scored]
-
-
 def exemplar_faces_for_identity(
-    index: LibraryIndex, identity_id: int, hr_size: float = DEFAULT_MIN_REGION
+    index: LibraryIndex,
+    identity_id: int,
+    hr_size: float = DEFAULT_MIN_REGION,
+    *,
+    one_per_photo: bool = False,
 ) -> list[Face]:
-    """The identity's usable exemplar set: its faces with a native crop of at least ``hr_size``
-    pixels, best first (:func:`exemplar_quality_order`). A merged-away id resolves to the
-    identity it went into. ``hime clusters list`` shows the count, ``export`` writes them."""
+    """The identity's usable exemplar set, best first: its faces with a native crop of at least
+    ``hr_size`` pixels, ranked without a target (:func:`rank_exemplars`); ``one_per_photo``: the
+    best face of each photo only (:func:`ranked_candidates`). A merged-away id resolves to the
+    identity it went into. ``hime clusters list`` shows the count, the sheets outline them,
+    ``export`` writes them (one per photo)."""
     from hime_cli.identities.store import resolve_identity
 
     live = resolve_identity(index, identity_id)
     faces = list(index.iter_faces(with_embeddings=False, identity_id=live))
-    return exemplar_quality_order(faces, min_region=hr_size)
+    if one_per_photo:
+        return list(ranked_candidates(None, faces, (hr_size,)))
+    return [ranked.face for ranked in rank_exemplars(None, faces, hr_size)]
 
 
 def appearance_vector(image: np.ndarray, size: int) -> np.ndarray:

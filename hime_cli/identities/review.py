@@ -307,16 +307,7 @@ def export_exemplars(
     from PIL import Image
 
     live = resolve_identity(index, identity_id)
-    exemplars = exemplar_faces_for_identity(index, live, hr_size)
-    chosen: list[Face] = []
-    photos_seen: set[int] = set()
-    for face in exemplars:
-        if face.photo_id in photos_seen:
-            continue
-        photos_seen.add(face.photo_id)
-        chosen.append(face)
-        if limit is not None and len(chosen) >= limit:
-            break
+    chosen = exemplar_faces_for_identity(index, live, hr_size, one_per_photo=True)[:limit]
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     # A previous export of this identity is replaced, not mixed with this one (only files

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from collections.abc import Sequence
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -7,12 +9,12 @@ import pytest
 
 from hime_cli.faces.align import CANONICAL_LANDMARKS, region_size
 from hime_cli.identities.exemplars import (
-    exemplar_quality_order,
+    ExemplarTarget,
     normalised_landmarks,
     pose_distance,
     pose_similarity,
     rank_exemplars,
-    select_exemplars,
+    ranked_candidates,
 )
 from hime_cli.types import Box, Face
 
@@ -54,6 +56,19 @@ def face(
     )
 
 
+def first_exemplars(
+    target: ExemplarTarget | None, candidates: Sequence[Face], max_refs: int = 3, min_region: float = 128
+) -> list[Face]:
+    """The first ``max_refs`` of the one policy's order, as `hime enhance` takes them (before the
+    appearance order of its pool)."""
+    return list(islice(ranked_candidates(target, candidates, (min_region,)), max_refs))
+
+
+def quality_order(faces: Sequence[Face], min_region: float = 128) -> list[int]:
+    """Ids of an identity's exemplar set, best first: the policy without a target."""
+    return [r.face.id for r in rank_exemplars(None, faces, min_region)]
+
+
 def test_region_size_of_synthetic_landmarks() -> None:
     assert region_size(landmarks(200.0)) == pytest.approx(200.0, rel=1e-6)
 
@@ -83,7 +98,7 @@ def test_never_same_photo_other_identity_or_too_small() -> None:
         face(5, photo=13, region=130, sharp=1),  # eligible
         target,  # the target itself
     ]
-    assert [f.id for f in select_exemplars(target, candidates, max_refs=3, min_region=128)] == [5]
+    assert [f.id for f in first_exemplars(target, candidates, max_refs=3, min_region=128)] == [5]
 
 
 def test_ranks_by_pose_then_quality() -> None:
@@ -94,7 +109,7 @@ def test_ranks_by_pose_then_quality() -> None:
         face(4, photo=4, yaw=0.1, sharp=5),  # same pose, blurrier
         face(5, photo=5, yaw=-0.1, sharp=10),  # turned the other way
     ]
-    chosen = [f.id for f in select_exemplars(target, candidates, max_refs=2)]
+    chosen = [f.id for f in first_exemplars(target, candidates, max_refs=2)]
     assert chosen == [3, 4]
     ranked = rank_exemplars(target, candidates)
     assert [r.face.id for r in ranked][-1] == 5
@@ -113,30 +128,28 @@ def test_sharpness_and_resolution_break_equal_poses() -> None:
 def test_one_exemplar_per_photo_and_max_refs() -> None:
     target = face(1, photo=1, region=40)
     candidates = [face(10 + i, photo=2 + i // 2, sharp=float(i)) for i in range(8)]  # 2 faces per photo
-    chosen = select_exemplars(target, candidates, max_refs=3)
+    chosen = first_exemplars(target, candidates, max_refs=3)
     assert len(chosen) == 3
     assert len({f.photo_id for f in chosen}) == 3
-    assert select_exemplars(target, candidates, max_refs=0) == []
-    with pytest.raises(ValueError):
-        select_exemplars(target, candidates, max_refs=-1)
+    assert first_exemplars(target, candidates, max_refs=0) == []
 
 
 def test_deterministic_ties_break_on_id() -> None:
     target = face(1, photo=1, region=40)
     candidates = [face(fid, photo=fid) for fid in (9, 4, 7)]
-    assert [f.id for f in select_exemplars(target, candidates, max_refs=3)] == [4, 7, 9]
+    assert [f.id for f in first_exemplars(target, candidates, max_refs=3)] == [4, 7, 9]
 
 
 def test_explicit_reference_set_without_identity() -> None:
     target = face(1, photo=1, region=40, identity=None)
     refs = [face(2, photo=2, identity=None), face(3, photo=3, identity=5)]
-    assert [f.id for f in select_exemplars(target, refs)] == [2]
+    assert [f.id for f in first_exemplars(target, refs)] == [2]
 
 
 def test_quality_order_filters_small_and_prefers_sharp() -> None:
     faces = [face(1, 1, region=100, sharp=100), face(2, 2, sharp=5), face(3, 3, sharp=50)]
-    assert [f.id for f in exemplar_quality_order(faces, min_region=128)] == [3, 2]
-    assert exemplar_quality_order([], 128) == []
+    assert quality_order(faces, min_region=128) == [3, 2]
+    assert quality_order([], 128) == []
 
 
 def test_pose_similarity_matches_documented_head_turns() -> None:
@@ -179,5 +192,29 @@ def test_never_a_rejected_or_poor_face() -> None:
     rejected = replace(face(4, photo=13, region=500, sharp=300), rejected=True)  # "not a face"
     unjudged = face(5, photo=14, region=300, sharp=50)  # indexed before the gate: judged later
     candidates = [good, poor, rejected, unjudged]
-    assert [f.id for f in select_exemplars(target, candidates, max_refs=5)] == [2, 5]
-    assert [f.id for f in exemplar_quality_order(candidates)] == [2, 5]
+    assert [f.id for f in first_exemplars(target, candidates, max_refs=5)] == [2, 5]
+    assert quality_order(candidates) == [2, 5]
+
+
+def test_without_a_target_the_same_policy_less_the_pose() -> None:
+    """An identity's exemplar set (sheets, `clusters list`, export) is ranked by the same score and
+    rules as `hime enhance`'s choice for a face, less the pose part and the target's own checks."""
+    target = face(1, photo=1, region=40)  # frontal, like every candidate: pose is 1 for all
+    candidates = [
+        face(2, photo=2, region=140, sharp=30, score=0.95),
+        face(3, photo=3, region=300, sharp=5, score=0.99),
+        face(4, photo=4, region=200, sharp=20, score=0.90),
+        face(5, photo=5, region=100, sharp=99),  # too small for either
+    ]
+    with_target = [r.face.id for r in rank_exemplars(target, candidates)]
+    assert with_target == quality_order(candidates) == [2, 4, 3]  # sharpness 0.30 outweighs size 0.15
+    assert all(r.pose is None for r in rank_exemplars(None, candidates))
+    # the weights without pose are renormalised: scores stay in [0, 1]
+    assert all(0.0 <= r.score <= 1.0 for r in rank_exemplars(None, candidates))
+    # no target: no identity or photo check (the caller passes one identity's faces) ...
+    others = [face(6, photo=1, identity=9), face(7, photo=7, identity=None)]
+    assert sorted(quality_order(others)) == [6, 7]
+    # ... and one per photo, as enhance takes them
+    two_per_photo = [face(10 + i, photo=20 + i // 2, sharp=float(i)) for i in range(6)]
+    chosen = list(ranked_candidates(None, two_per_photo))
+    assert [f.id for f in chosen] == [15, 13, 11]

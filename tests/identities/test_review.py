@@ -84,3 +84,30 @@ def test_exported_crop_is_detected_again(astronaut_detection, tmp_path: Path) ->
         assert region_size(again.landmarks) == pytest.approx(crop.crop_size / 2, rel=0.15)
         centre = again.landmarks.mean(axis=0)
         assert np.all(np.abs(centre - crop.crop_size / 2) < crop.crop_size * 0.1)
+
+
+def test_export_takes_one_face_per_photo_from_the_exemplar_set(tmp_path: Path) -> None:
+    """A photo with the person twice (a mirror, a print on the wall; merged by the user) gives one
+    exported crop: the exemplar policy's one-per-photo rule, the one `hime enhance` applies."""
+    from hime_cli.identities.exemplars import exemplar_faces_for_identity
+    from hime_cli.identities.store import merge_identities
+    from tests.identities.synthetic import add_photo, face_embedding, person_centres
+
+    (centre,) = person_centres(1, 0)
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    with LibraryIndex.open() as index:
+        mirror = add_photo(
+            index, "mirror.png", [face_embedding(centre, rng) for _ in range(2)], 150, folder=photos
+        )
+        single = add_photo(index, "single.png", [face_embedding(centre, rng)], 140, folder=photos)
+        update_identities(index)  # two faces of one photo are two people to the clustering ...
+        identity, *others = sorted({f.identity_id for f in index.iter_faces()})
+        merge_identities(index, identity, others)  # ... until the user says otherwise
+        every = exemplar_faces_for_identity(index, identity, 128)
+        per_photo = exemplar_faces_for_identity(index, identity, 128, one_per_photo=True)
+        written, failed = export_exemplars(index, identity, tmp_path / "refs", hr_size=128)
+    assert sorted(f.id for f in every) == sorted(mirror + single)
+    assert len(per_photo) == 2 and {f.photo_path.name for f in per_photo} == {"mirror.png", "single.png"}
+    assert [f.id for f in per_photo] == [f.id for f in every if f.id in {p.id for p in per_photo}]
+    assert not failed and [w.face_id for w in written] == [f.id for f in per_photo]
