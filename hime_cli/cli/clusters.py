@@ -11,10 +11,9 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import err, out, print_json
+from hime_cli.cli.options import ExemplarHrSizeOpt
 from hime_cli.errors import UsageError
-
-HR_SIZE_HELP = "A face is usable as an exemplar when its native crop is at least this many pixels."
-DEFAULT_HR_SIZE = 128  # the HR crop side of the released models (sr.inference.TRAIN_HR_SIZE)
+from hime_cli.faces.align import TRAIN_HR_SIZE  # the HR crop side of the released models
 
 
 def _open(readonly: bool):  # -> LibraryIndex
@@ -67,7 +66,7 @@ def list_cmd(
     show_all: bool = typer.Option(
         False, "--all", help="Every identity: small ones, people seen once, hidden ones."
     ),
-    hr_size: int = typer.Option(DEFAULT_HR_SIZE, "--hr-size", min=1, help=HR_SIZE_HELP),
+    hr_size: ExemplarHrSizeOpt = TRAIN_HR_SIZE,
 ) -> None:
     """List people, most faces first; smaller identities and faces seen once are counted below."""
     from hime_cli.identities.store import DEFAULT_MIN_FACES, list_identities, people_view
@@ -146,7 +145,7 @@ def show_cmd(
         None, "--out", "-o", help="PNG to write (default: under the hime cache dir)."
     ),
     limit: int = typer.Option(200, "--limit", min=1, help="At most this many faces on the sheet."),
-    hr_size: int = typer.Option(DEFAULT_HR_SIZE, "--hr-size", min=1, help=HR_SIZE_HELP),
+    hr_size: ExemplarHrSizeOpt = TRAIN_HR_SIZE,
 ) -> None:
     """Write a PNG contact sheet of an identity's faces (exemplars outlined) and print its path.
 
@@ -271,7 +270,7 @@ def export_cmd(
     identity_id: int = typer.Argument(..., help="Identity id."),
     out_dir: Path = typer.Argument(..., help="Folder to write the crops into (usable as --refs DIR)."),
     limit: int = typer.Option(20, "--limit", min=1, help="At most this many crops (best first)."),
-    hr_size: int = typer.Option(DEFAULT_HR_SIZE, "--hr-size", min=1, help=HR_SIZE_HELP),
+    hr_size: ExemplarHrSizeOpt = TRAIN_HR_SIZE,
 ) -> None:
     """Write an identity's exemplar faces as aligned PNG crops (with margin) into DIR."""
     from hime_cli.cli.common import EXIT_FAILED

@@ -59,5 +59,13 @@ WeightsOpt = Annotated[
         "--weights", help="Model weights: a registered NAME (`hime models list`) or a .safetensors PATH."
     ),
 ]
+ExemplarHrSizeOpt = Annotated[
+    int,
+    typer.Option(
+        "--hr-size",
+        min=1,
+        help="A face is usable as an exemplar when its native crop is at least this many pixels.",
+    ),
+]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]

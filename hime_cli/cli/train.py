@@ -8,6 +8,8 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import err, progress_enabled
+from hime_cli.cli.options import DeviceOpt
+from hime_cli.pipeline.options import DEFAULT_DEVICE
 
 
 class Variant(str, Enum):
@@ -40,7 +42,7 @@ def train_cmd(
     batch: int | None = typer.Option(None, "--batch", help="Faces per step (default 32)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate (default 4e-4)."),
     seed: int = typer.Option(0, "--seed"),
-    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    device: DeviceOpt = DEFAULT_DEVICE,
     resume: bool = typer.Option(False, "--resume", help="Continue from RUN/checkpoint.safetensors."),
     checkpoint_minutes: float = typer.Option(
         10.0, "--checkpoint-minutes", help="Checkpoint at least this often."

@@ -131,3 +131,23 @@ def test_module_level_commands_run_without_the_app(capsys) -> None:
     assert json.loads(capsys.readouterr().out)["index"] == str(get_paths().index_path)
     with pytest.raises(UsageError, match="at least two identity ids"):
         merge_cmd(identity_ids=[3])
+
+
+def test_shared_options_take_the_librarys_constants() -> None:
+    """One --hr-size for the clusters commands, defaulting to the models' HR crop side, and one
+    --device, defaulting to the pipeline's: the CLI and the library cannot disagree."""
+    import typer.main
+
+    from hime_cli.faces.align import TRAIN_HR_SIZE
+    from hime_cli.pipeline.options import DEFAULT_DEVICE
+
+    def option(path: tuple[str, ...], name: str):  # type: ignore[no-untyped-def]
+        command = typer.main.get_command(app)
+        for part in path:
+            command = command.commands[part]  # type: ignore[attr-defined]
+        return next(p for p in command.params if name in p.opts)
+
+    hr_sizes = [option(("clusters", c), "--hr-size") for c in ("list", "show", "export")]
+    assert {p.default for p in hr_sizes} == {TRAIN_HR_SIZE} and len({p.help for p in hr_sizes}) == 1
+    devices = [option(path, "--device") for path in [("train",), ("enhance",), ("compare",)]]
+    assert {p.default for p in devices} == {DEFAULT_DEVICE} and len({p.help for p in devices}) == 1
