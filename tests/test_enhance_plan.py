@@ -163,4 +163,5 @@ def test_files_hime_wrote_never_become_exemplars(tmp_path: Path) -> None:
     source.outputs = outputs
     target = TargetFace(DetectedFace(Box(0, 0, 10, 10), lm, 0.99), identity_id=7)
     assert [f.id for f in source.candidates(target)] == [3]
-    assert os.fsencode(os.path.abspath(written)) in outputs
+    assert outputs.contains(written) and not outputs.contains(tmp_path / "lib" / "b.jpg")
+    assert os.fsencode(os.path.abspath(written)) in outputs.files

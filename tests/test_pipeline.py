@@ -174,7 +174,7 @@ def test_ledger_migrates_to_one_record_of_what_hime_wrote(tmp_path: Path) -> Non
     EnhanceLedger(path).close()
     db = sqlite3.connect(path)
     try:
-        assert current_version(db) == LEDGER_MIGRATIONS[-1].version == 2
+        assert current_version(db) == LEDGER_MIGRATIONS[-1].version >= 2
         rows = dict(db.execute("SELECT dest, dest_sha FROM outputs").fetchall())
         assert rows == {b"/in/place.jpg": None, b"/out/a.jpg": "out"}
     finally:

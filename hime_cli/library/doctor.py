@@ -7,19 +7,12 @@ never removed. Library code: returns findings, prints nothing.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from hime_cli.library.backup import Finding, check_store
+from hime_cli.library.outputs import ledger_path
 from hime_cli.library.sqlite_store import check_database, move_aside
 from hime_cli.paths import get_paths
 
 __all__ = ["Finding", "check_all", "ledger_path"]
-
-
-def ledger_path() -> Path:
-    from hime_cli.pipeline import LEDGER_NAME
-
-    return get_paths().data_dir / LEDGER_NAME
 
 
 def _check_index(repair: bool) -> Finding:

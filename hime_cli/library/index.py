@@ -86,6 +86,24 @@ def display_path(path: str | os.PathLike[str] | bytes) -> str:
     return raw.decode("utf-8", errors="backslashreplace")
 
 
+def library_roots(index_path: Path | None = None) -> list[Path]:
+    """The library roots of the index at ``index_path`` (default: the user's), read-only, without
+    its lock or a schema check: [] when there is no index or it cannot be read (hime enhance
+    plans its outputs from them, and an index written by an older hime has none)."""
+    index_path = index_path or get_paths().index_path
+    if not index_path.is_file():
+        return []
+    try:
+        conn = sqlite3.connect(f"{index_path.resolve().as_uri()}?mode=ro", uri=True, timeout=10.0)
+        try:
+            rows = conn.execute("SELECT path_key FROM library_roots").fetchall()
+        finally:
+            conn.close()
+    except sqlite3.Error:
+        return []
+    return sorted(Path(os.fsdecode(bytes(r[0]))) for r in rows)
+
+
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
@@ -346,6 +364,23 @@ class LibraryIndex:
             params = (status,)
         for row in self.conn.execute(sql + " ORDER BY id", params):
             yield _photo_from_row(row)
+
+    # ------------------------------------------------------------------ library roots
+
+    def add_library_roots(self, folders: Sequence[str | os.PathLike[str]]) -> None:
+        """Record folders ``hime scan`` was given (their real paths) as library roots."""
+        with self.transaction() as conn:
+            for folder in folders:
+                real = os.path.realpath(folder)
+                conn.execute(
+                    "INSERT OR IGNORE INTO library_roots (path_key, path, added_at) VALUES (?, ?, ?)",
+                    (path_key(real), display_path(real), _now()),
+                )
+
+    def library_roots(self) -> list[Path]:
+        """The folders ``hime scan`` was given, as real paths (sorted)."""
+        rows = self.conn.execute("SELECT path_key FROM library_roots ORDER BY path_key")
+        return [Path(os.fsdecode(bytes(r[0]))) for r in rows]
 
     def count_photos(self, status: str | None = None) -> int:
         if status is None:

@@ -19,6 +19,8 @@ Notes on the schema:
   columns by the next ``update_identities``). ``faces.rejected`` = 1 is the user's "not a face"
   (``hime faces reject``); ``identities.hidden`` = 1 is ``hime clusters hide``. Both survive
   re-scans: a re-detected face inherits them from the old face it overlaps.
+- ``library_roots`` are the folders ``hime scan`` was given (real paths, as ``path_key`` bytes):
+  the libraries. ``hime enhance``'s default output folder is never inside one (issue #10).
 """
 
 from __future__ import annotations
@@ -99,6 +101,17 @@ MIGRATIONS: tuple[Migration, ...] = (
         ALTER TABLE faces ADD COLUMN quality_reason TEXT;
         ALTER TABLE faces ADD COLUMN rejected INTEGER NOT NULL DEFAULT 0 CHECK (rejected IN (0, 1));
         ALTER TABLE identities ADD COLUMN hidden INTEGER NOT NULL DEFAULT 0 CHECK (hidden IN (0, 1));
+        """,
+    ),
+    Migration(
+        3,
+        "library roots: the folders hime scan was given",
+        """
+        CREATE TABLE library_roots (
+            path_key BLOB PRIMARY KEY,
+            path TEXT NOT NULL,
+            added_at TEXT NOT NULL
+        );
         """,
     ),
 )

@@ -320,6 +320,10 @@ def scan_paths(
     files = list(iter_photos(roots))
     embedder_name = embedder if isinstance(embedder, str) else embedder.name
     known = index.known_photos()
+    folders = [r for r in roots if r.is_dir()]
+    if folders:  # the libraries: hime enhance never puts its default output inside one
+        index.add_library_roots(folders)
+    files = _without_hime_outputs(files, index, known)
 
     counts = {"new": 0, "updated": 0, "unchanged": 0, "moved": 0}
     failures: list[ScanFailure] = []
@@ -605,6 +609,29 @@ def _resolve_embedder(embedder: str | Embedder) -> Embedder:
 
         return get_embedder(embedder)
     return embedder
+
+
+def _without_hime_outputs(
+    files: list[Path], index: LibraryIndex, known: dict[bytes, KnownPhoto]
+) -> list[Path]:
+    """``files`` less those hime wrote (``library.outputs``: never photos of the library); one that
+    an older hime indexed leaves the index (with its faces: they must never be exemplars)."""
+    from hime_cli.library.outputs import read_outputs
+
+    outputs = read_outputs()
+    if not outputs:
+        return files
+    kept: list[Path] = []
+    for file in files:
+        if not outputs.contains(file):
+            kept.append(file)
+            continue
+        entry = known.pop(path_key(os.path.realpath(file)), None)
+        if entry is not None:
+            index.remove_photo(entry.id)
+    if len(kept) < len(files):
+        log.info("scan: %d files hime wrote are not photos of the library; skipped", len(files) - len(kept))
+    return kept
 
 
 def _replaced_paths() -> frozenset[Path]:

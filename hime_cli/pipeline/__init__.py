@@ -3,8 +3,9 @@
 For every input photo (files and folders, recursively):
 
 1. **Plan**: where the output goes (``--out DIR`` mirroring relative paths, a ``hime-enhanced/``
-   folder next to each input root by default, or the photo itself with ``--in-place``), and whether
-   a previous run already produced it with the same settings (the ledger; ``--force`` redoes it).
+   folder beside the library by default, never inside it, or the photo itself with
+   ``--in-place``), and whether a previous run already produced an output of the photo with the
+   same settings, wherever it went (the ledger; ``--force`` redoes it).
 2. **Faces**: from the library index (photos not yet in it are scanned first, an explicit step:
    :func:`~hime_cli.pipeline.sources.scan_missing`), or, with ``--refs DIR``, detected here and
    matched to the faces in DIR.

@@ -1,4 +1,10 @@
-"""Planning: every input photo with its destination, its format fallback, or why it cannot be done."""
+"""Planning: every input photo with its destination, its format fallback, or why it cannot be done.
+
+One output rule, whatever folder is passed (issue #10): the default output of a photo is mirrored
+under ``hime-enhanced/`` beside the outermost *library root* that holds it (a folder `hime scan`
+was given), so ``hime enhance Photos/small`` and ``hime enhance Photos`` put a photo in the same
+place, and that place is never inside a scanned library. Files hime wrote (``library.outputs``)
+are never planned as inputs of a folder."""
 
 from __future__ import annotations
 
@@ -9,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hime_cli.errors import UsageError
+from hime_cli.library.outputs import HimeOutputs
 from hime_cli.pipeline.options import COMPARE_FOLDER, OUTPUT_FOLDER, EnhanceOptions, PhotoReport
 
 
@@ -20,6 +27,7 @@ class PlannedPhoto:
     compare_root: Path
     out_format: str | None = None  # the format-limit fallback (None: the input's format)
     note: str | None = None  # why the fallback was taken
+    out_root: Path | None = None  # the output folder (None in place): recorded when hime creates it
 
 
 def format_plan(source: Path, scale: int) -> tuple[str | None, str | None, str | None]:
@@ -55,21 +63,37 @@ def _list_photos(paths: Sequence[Path]) -> list[Path]:
     return list(iter_photos(paths))
 
 
-def _output_roots(root: Path, options: EnhanceOptions) -> tuple[Path, Path]:
+def _anchor(root: Path, library_roots: Sequence[Path]) -> Path | None:
+    """The outermost library root holding ``root`` (a folder or a photo), None when none does."""
+    holding = [r for r in library_roots if r == root or r in root.parents]
+    return min(holding, key=lambda r: len(r.parts)) if holding else None
+
+
+def _output_roots(
+    root: Path, options: EnhanceOptions, library_roots: Sequence[Path] = ()
+) -> tuple[Path, Path]:
     """(output root, compare-sheet root) for one input root (a folder or a photo), both absolute.
 
     By default a folder ``D`` goes to ``D/../hime-enhanced/D.name/`` and a photo ``P`` to
-    ``P/../hime-enhanced/``; sheets go to the same places under ``hime-compare/``. With ``--out DIR``
-    the folder's content is mirrored in ``DIR`` and sheets go to ``DIR/hime-compare/``.
+    ``P/../hime-enhanced/``; sheets go to the same places under ``hime-compare/``. Inside a library
+    root ``R`` (``library_roots``: the folders `hime scan` was given; the outermost that holds the
+    input), the input's place in ``R`` is mirrored under ``R/../hime-enhanced/R.name/`` instead:
+    the same place for a photo whichever folder of the library is passed, never inside it. With
+    ``--out DIR`` the folder's content is mirrored in ``DIR`` and sheets go to ``DIR/hime-compare/``.
     """
-    base = root.parent
-    tail = root.name if root.is_dir() else None
+    anchor = _anchor(root, library_roots)
+    if anchor is not None:
+        base = anchor.parent
+        tail: Path | None = Path(anchor.name) / (root if root.is_dir() else root.parent).relative_to(anchor)
+    else:
+        base = root.parent
+        tail = Path(root.name) if root.is_dir() else None
 
     def beside(folder: str) -> Path:
         return base / folder / tail if tail else (base / folder)
 
     if options.in_place:
-        out_root = root if root.is_dir() else base
+        out_root = root if root.is_dir() else root.parent
         compare = beside(COMPARE_FOLDER)
     elif options.out_dir is not None:
         out_root = _real(options.out_dir.expanduser())
@@ -82,8 +106,16 @@ def _output_roots(root: Path, options: EnhanceOptions) -> tuple[Path, Path]:
     return out_root, compare
 
 
-def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[PlannedPhoto | PhotoReport]:
+def plan_outputs(
+    paths: Sequence[Path],
+    options: EnhanceOptions,
+    library_roots: Sequence[Path] = (),
+    written: HimeOutputs = HimeOutputs(),
+) -> list[PlannedPhoto | PhotoReport]:
     """Every input photo with its destination, in input order; unusable inputs as failed reports.
+
+    ``library_roots`` (real paths) place the default outputs (:func:`_output_roots`); the files
+    and folders of ``written`` (what hime wrote) are left out of the folders' photos.
 
     Folders mirror their relative paths under the output root. Two inputs mapping to one output
     are a usage error (say ``--out`` per input root, or pass the folders separately); one photo
@@ -102,9 +134,13 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
             raise UsageError(
                 f"no such file or folder: {root}", hint="check the paths given to `hime enhance`."
             )
-        out_root, compare_root = _output_roots(_real(root), options)
+        out_root, compare_root = _output_roots(_real(root), options, library_roots)
         if root.is_dir():
-            sources = [p for p in _list_photos([root]) if not _inside_any(_real(p), excluded)]
+            sources = [
+                p
+                for p in _list_photos([root])
+                if not _inside_any(_real(p), excluded) and not written.contains(p)
+            ]
         else:
             sources = [root]
         for source in sources:
@@ -145,7 +181,17 @@ def plan_outputs(paths: Sequence[Path], options: EnhanceOptions) -> list[Planned
                 planned.append(PhotoReport(source, dest, "skipped", f"the same photo as {first[key]}"))
                 continue
             seen[key], first[key] = real_source, source
-            planned.append(PlannedPhoto(source, dest, relative, compare_root, out_format, note))
+            planned.append(
+                PlannedPhoto(
+                    source,
+                    dest,
+                    relative,
+                    compare_root,
+                    out_format,
+                    note,
+                    None if options.in_place else out_root,
+                )
+            )
     return planned
 
 

@@ -54,8 +54,14 @@ class Enhancer:
         self._emit(**{k: getattr(self._counters, k) + n for k, n in steps.items()})
 
     def run(self, paths: Sequence[Path]) -> EnhanceReport:
+        from hime_cli.library.index import library_roots
+        from hime_cli.library.outputs import read_outputs
+
         start, opts = time.perf_counter(), self.options
-        planned, settings = plan_outputs(paths, opts), opts.settings_key()
+        # the one output rule (pipeline.plan): default outputs beside the library, never inside
+        # it; what hime wrote is never an input
+        planned = plan_outputs(paths, opts, library_roots(), read_outputs())
+        settings = opts.settings_key()
         reports: dict[int, PhotoReport] = {}
         with contextlib.ExitStack() as stack:
             if opts.in_place and not opts.dry_run:
@@ -71,16 +77,22 @@ class Enhancer:
             for i, item in enumerate(planned):
                 if isinstance(item, PhotoReport):
                     reports[i] = item
-                elif (
-                    done is not None
-                    and not opts.force
-                    and done.is_done(item.source, item.dest, settings, opts.in_place)
-                ):
-                    reports[i] = PhotoReport(
-                        item.source, item.dest, "skipped", "already enhanced with these settings"
-                    )
-                else:
+                    continue
+                # "already done" is keyed by the source and the settings, wherever its output went
+                found = (
+                    done.find_done(item.source, item.dest, settings, opts.in_place)
+                    if done is not None and not opts.force
+                    else None
+                )
+                if found is None:
                     todo.append((i, item))
+                    continue
+                reason = "already enhanced with these settings"
+                if found != item.dest:
+                    reason += f" (the output is {found})"
+                reports[i] = PhotoReport(item.source, found, "skipped", reason)
+            if todo and opts.compare and opts.compare_dir is not None and not opts.dry_run:
+                self._make_output_folder(_compare_root(todo), ledger)
             self._emit(
                 photos_total=len(planned), photos_done=len(reports), message="planning", stage="planning"
             )
@@ -93,6 +105,19 @@ class Enhancer:
             seconds=time.perf_counter() - start, sr_seconds=self.sr_seconds,
             compare_index=write_compare_index(photos, opts.scale) if opts.compare else None,
         )  # fmt: skip
+
+    @staticmethod
+    def _make_output_folder(folder: Path, ledger: EnhanceLedger | None) -> None:
+        """Create ``folder`` for hime's output; a folder hime creates is listed in the ledger, so
+        that a scan never indexes what it holds (``library.outputs``)."""
+        if folder.exists():
+            return
+        if ledger is None:  # `hime compare` writes no photo, but its sheets are not photos either
+            with contextlib.closing(EnhanceLedger()) as own:
+                own.record_folder(folder)
+        else:
+            ledger.record_folder(folder)
+        folder.mkdir(parents=True, exist_ok=True)
 
     def _model_scale(self) -> int:
         return self.model.scale if self.model else (8 if self.options.scale == 8 else 4)
@@ -195,6 +220,10 @@ class Enhancer:
             if self.options.dry_run:
                 self._add(faces_done=len(photo.jobs))
             del photo
+
+
+def _compare_root(todo: list) -> Path:
+    return todo[0][1].compare_root
 
 
 def enhance(

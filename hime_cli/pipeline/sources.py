@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from hime_cli.errors import HimeError, UsageError
+from hime_cli.library.outputs import HimeOutputs
 from hime_cli.library.reader import iter_photos
 from hime_cli.pipeline.options import REFS_MATCH_DISTANCE, EnhanceOptions
 from hime_cli.types import DetectedFace, Face, LoadedImage
@@ -170,7 +171,7 @@ class IndexSource(ExemplarSource):
     def __init__(self, index: LibraryIndex | None) -> None:
         self.index = index
         self._identified: tuple[np.ndarray, list[int]] | None = None
-        self.outputs: frozenset[bytes] = frozenset()  # files hime wrote (--out): never exemplars
+        self.outputs = HimeOutputs()  # what hime wrote (--out files, its folders): never exemplars
 
     @classmethod
     def open(cls, readonly: bool) -> IndexSource:
@@ -251,9 +252,7 @@ class IndexSource(ExemplarSource):
         return [f for f in faces if not self._is_output(Path(f.photo_path))]
 
     def _is_output(self, path: Path) -> bool:
-        if not self.outputs:
-            return False
-        return any(os.fsencode(p) in self.outputs for p in (os.path.abspath(path), os.path.realpath(path)))
+        return self.outputs.contains(path)
 
 
 def scan_missing(source: IndexSource, photos: Sequence[Path], progress: Callable[[str], None] | None) -> None:

@@ -334,7 +334,7 @@ def write_output(
         from hime_cli.library.backup import replace_in_place
 
         if ledger is not None:
-            ledger.expect(plan.dest, settings, None, None)
+            ledger.expect(plan.dest, settings, None, None, source=plan.source)
 
         def write(tmp: Path) -> None:
             with open(tmp, "wb") as fh:
@@ -349,8 +349,10 @@ def write_output(
         def check_and_record(tmp: Path) -> None:
             check(tmp)
             if ledger is not None:
-                ledger.expect(plan.dest, settings, source_sha, sha256_file(tmp))
+                ledger.expect(plan.dest, settings, source_sha, sha256_file(tmp), source=plan.source)
 
+        if plan.out_root is not None and ledger is not None and not plan.out_root.exists():
+            ledger.record_folder(plan.out_root)  # hime's own folder: a scan never enters it
         plan.dest.parent.mkdir(parents=True, exist_ok=True)
         atomic_write(plan.dest, encode, check=check_and_record)
     if ledger is not None:
