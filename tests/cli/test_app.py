@@ -151,3 +151,21 @@ def test_shared_options_take_the_librarys_constants() -> None:
     assert {p.default for p in hr_sizes} == {TRAIN_HR_SIZE} and len({p.help for p in hr_sizes}) == 1
     devices = [option(path, "--device") for path in [("train",), ("enhance",), ("compare",)]]
     assert {p.default for p in devices} == {DEFAULT_DEVICE} and len({p.help for p in devices}) == 1
+
+
+def test_clusters_defaults_that_hime_help_does_not_import_agree_with_the_library() -> None:
+    """The clusters defaults spelt in the CLI (importing identities.store and review would slow
+    every `hime --help`) are the library's own numbers."""
+    import typer.main
+
+    from hime_cli.identities.review import DEFAULT_MAX_FACES
+    from hime_cli.identities.store import DEFAULT_MIN_FACES, RECLUSTER_TIGHTEN
+
+    clusters = typer.main.get_command(app).commands["clusters"]  # type: ignore[attr-defined]
+
+    def option(command: str, name: str):  # type: ignore[no-untyped-def]
+        return next(p for p in clusters.commands[command].params if name in p.opts)
+
+    assert option("show", "--limit").default == DEFAULT_MAX_FACES
+    assert f"(default {DEFAULT_MIN_FACES};" in option("list", "--min-faces").help
+    assert f"(default: {RECLUSTER_TIGHTEN} × the tuned one)" in option("split", "--threshold").help
