@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -46,10 +47,19 @@ def unit(x: np.ndarray) -> np.ndarray:
 
 
 def gated_labels(
-    f: Features, emb: np.ndarray, threshold: float, poor_factor: float = POOR_TIGHTEN
+    f: Features,
+    emb: np.ndarray,
+    threshold: float,
+    poor_factor: float = POOR_TIGHTEN,
+    cluster: Callable[[np.ndarray, float], np.ndarray] | None = None,
+    poor_threshold: float | None = None,
 ) -> np.ndarray:
     """The scan's gate (on the flip-averaged unit vectors it sees), then good faces clustered,
-    poor faces attached within ``poor_factor`` x the threshold, rejected ones alone."""
+    poor faces attached within ``poor_factor`` x the threshold, rejected ones alone.
+
+    ``cluster(good_embeddings, threshold)`` replaces plain average linkage (a variant with its
+    own distance, whose threshold is on another scale: then ``poor_threshold`` is the Euclidean
+    distance within which poor faces attach)."""
     product = unit(f.flip_mean())
     levels = [
         assess(float(f.score[i]), float(f.sharpness[i]), float(f.size[i]), product[i]).level
@@ -59,9 +69,10 @@ def gated_labels(
     poor = np.array([lv == "poor" for lv in levels])
     labels = np.full(len(levels), -1, dtype=np.int64)
     if good.any():
-        labels[good] = cluster_embeddings(emb[good], threshold)
+        labels[good] = (cluster or cluster_embeddings)(emb[good], threshold)
     if poor.any():
-        labels = attach_to_clusters(emb, np.where(poor, -1, labels), threshold * poor_factor)
+        attach = threshold * poor_factor if poor_threshold is None else poor_threshold
+        labels = attach_to_clusters(emb, np.where(poor, -1, labels), attach)
         labels[~good & ~poor] = -1
     return canonical_labels(labels)  # every -1 (rejected, unplaced poor) becomes a singleton
 
@@ -107,11 +118,18 @@ def run(f: Features, variant: str, t: float) -> np.ndarray:
     return labeller(f, emb, t) if labeller else cluster_embeddings(emb, t)
 
 
-def library_args(argv: list[str] | None, description: str) -> tuple[argparse.Namespace, Features, Features]:
-    """--dev and --second (the tuning library and the one never tuned on), with their cached features."""
+def library_args(
+    argv: list[str] | None,
+    description: str,
+    extra: Callable[[argparse.ArgumentParser], None] | None = None,
+) -> tuple[argparse.Namespace, Features, Features]:
+    """--dev and --second (the tuning library and the one never tuned on), with their cached
+    features; ``extra`` adds a script's own options to the same parser."""
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--dev", type=Path, default=DEV)
     parser.add_argument("--second", type=Path, default=Path("/tmp/lfw_library"))
+    if extra is not None:
+        extra(parser)
     args = parser.parse_args(argv)
     return args, cached(args.dev), cached(args.second)
 
