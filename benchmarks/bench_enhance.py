@@ -148,9 +148,8 @@ def main() -> int:
 
     work = Path(tempfile.mkdtemp(prefix="hime-bench-enhance-"))
     os.environ["HIME_HOME"] = str(work / "home")
-    from hime_cli.identities.store import update_identities
+    from hime_cli.identities.scan import scan_and_place
     from hime_cli.library.index import LibraryIndex
-    from hime_cli.library.scan import scan_paths
     from hime_cli.pipeline import EnhanceOptions, enhance
 
     log = (lambda *a: print(*a, file=sys.stderr, flush=True)) if args.json else print
@@ -168,8 +167,7 @@ def main() -> int:
     log(f"scanning {len(identities)} identity folders into a temporary index …")
     start = time.perf_counter()
     with LibraryIndex.open() as index:
-        scan = scan_paths([library], index)
-        update_identities(index)
+        scan = scan_and_place([library], index).scan
     scan_s = time.perf_counter() - start
 
     inputs = work / "inputs"

@@ -26,13 +26,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     os.environ["HIME_HOME"] = tempfile.mkdtemp(prefix="hime_gate_")
 
-    from hime_cli.identities.store import DEFAULT_MIN_FACES, people_view, update_identities
+    from hime_cli.identities.scan import scan_and_place
+    from hime_cli.identities.store import DEFAULT_MIN_FACES, people_view
     from hime_cli.library.index import LibraryIndex
-    from hime_cli.library.scan import scan_paths
 
     with LibraryIndex.open() as index:
-        report = scan_paths([args.folder], index, workers=args.workers)
-        update_identities(index)
+        report = scan_and_place([args.folder], index, workers=args.workers).scan
         everything = list(index.iter_faces(include_rejected=True, with_embeddings=False))
         levels = Counter(f.quality for f in everything)
         with_identity = sum(1 for f in everything if f.identity_id is not None)
