@@ -93,9 +93,14 @@ def enhance_cmd(
 ) -> None:
     """Upscale photos ×SCALE with their small faces super-resolved from the person's own photos.
 
+    --scale 1 restores the faces and keeps the photo's size: every pixel outside the faces stays
+    as it was (JPEG, HEIC and WebP photos are then written as PNG, which keeps them).
+
     Examples:
 
       hime enhance ~/Pictures/2009 --scale 4
+
+      hime enhance ~/Pictures/2009 --scale 1
 
       hime enhance --refs ~/refs/grandma old_scan.jpg --out enhanced/
     """

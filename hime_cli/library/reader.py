@@ -682,6 +682,7 @@ class ImageHeader:
     width: int  # as stored (before EXIF orientation)
     height: int
     has_alpha: bool
+    mode: str = ""  # Pillow's mode as stored (RGB, L, CMYK, I;16, ...)
 
 
 def probe_image(path: str | os.PathLike[str]) -> ImageHeader | None:
@@ -697,7 +698,7 @@ def probe_image(path: str | os.PathLike[str]) -> ImageHeader | None:
             with _bomb_guard_lifted(), Image.open(path) as im:
                 fmt = "JPEG" if im.format == "MPO" else (im.format or "UNKNOWN")
                 alpha = im.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in im.info
-                return ImageHeader(fmt, int(im.size[0]), int(im.size[1]), alpha)
+                return ImageHeader(fmt, int(im.size[0]), int(im.size[1]), alpha, im.mode)
     except Exception:  # noqa: BLE001 - the real read reports why
         return None
 

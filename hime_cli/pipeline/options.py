@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-SCALES = (2, 4, 8)
+SCALES = (1, 2, 4, 8)  # 1: restore faces, keep the size (docs/enhance.md)
 OUTPUT_FOLDER = "hime-enhanced"
 COMPARE_FOLDER = "hime-compare"
 DEFAULT_SCALE = 4
@@ -33,8 +33,11 @@ DEFAULT_MAX_REFS = 3
 # the face box falls from +1.39 dB at 32 px faces to +0.40 dB at 96 px, the largest size the dev
 # photos can give a ground truth for; beyond it nothing shows that HIME helps, and the SR cost grows
 # with the face's area. ×2 runs the same ×4 model on the same input faces: the same limit. The ×8
-# model is trained on 16 px faces, half the ×4 model's: half the limit.
-_DEFAULT_MAX_FACE = {2: 96.0, 4: 96.0, 8: 48.0}
+# model is trained on 16 px faces, half the ×4 model's: half the limit. --scale 1 (restore at native
+# size, benchmarks/restore_native.py, docs/enhance.md): on dev photos re-saved as JPEG q50 faces of
+# boxes up to 160 px (regions 74-206 px) gain +0.53 to +1.34 dB on average, blurred ones neither
+# gain nor lose (-0.06 to +0.12 dB); beyond 160 px nothing was measured.
+_DEFAULT_MAX_FACE = {1: 160.0, 2: 96.0, 4: 96.0, 8: 48.0}
 # A reference folder face must be at least this close to be "the person". The embeddings are
 # flip-averaged unit vectors (hime_cli/faces/embed.py): on 6 dev people, 3 % of a person's own
 # faces lie beyond 0.45 from their medoid and 1 % of other people's within it (at the raw-descriptor
@@ -99,7 +102,10 @@ class EnhanceOptions:
     def validate(self) -> None:
         """Raise :class:`UsageError` for options that cannot work together (before any work)."""
         if self.scale not in SCALES:
-            raise UsageError(f"--scale must be 2, 4 or 8, not {self.scale}.")
+            raise UsageError(
+                f"--scale must be 1, 2, 4 or 8, not {self.scale}.",
+                hint="--scale 1 restores faces and keeps the photo's size.",
+            )
         if self.in_place and self.out_dir is not None:
             raise UsageError("--in-place and --out cannot be used together.")
         if self.in_place and not self.write_photos:

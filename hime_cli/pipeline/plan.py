@@ -30,13 +30,21 @@ class PlannedPhoto:
     out_root: Path | None = None  # the output folder (None in place): recorded when hime creates it
 
 
+# Formats whose encode is lossless: at --scale 1 they are written as they are (the pixels outside
+# the faces come back bit-identical); any other is written as PNG (TIFF for CMYK).
+LOSSLESS_FORMATS = frozenset({"PNG", "TIFF"})
+
+
 def format_plan(source: Path, scale: int) -> tuple[str | None, str | None, str | None]:
     """(fallback format, note, refusal) for a photo's ×``scale`` output, from its header alone.
 
     When the photo's own format cannot hold the output (HEIC above x265's 142.6 MP, WebP above
     16,383 px a side: ``library.writer.format_limit``), the output is written as JPEG (PNG when
     the photo has alpha) with the same metadata; the note says so. When even that cannot hold
-    it, the refusal says why. All (None, None, None) when nothing changes or the header is unreadable.
+    it, the refusal says why. At ``--scale 1`` (restore faces, keep the size) a lossy format (JPEG,
+    HEIC, WebP, AVIF, GIF's palette) is written as PNG (TIFF for CMYK) with the same metadata:
+    re-encoding it would change every pixel of the photo, and this mode promises to change only
+    the faces. All (None, None, None) when nothing changes or the header is unreadable.
     """
     from hime_cli.library.reader import probe_image
     from hime_cli.library.writer import fallback_format, format_limit
@@ -44,6 +52,16 @@ def format_plan(source: Path, scale: int) -> tuple[str | None, str | None, str |
     header = probe_image(source)
     if header is None:
         return None, None, None
+    if scale == 1:
+        if header.format in LOSSLESS_FORMATS:
+            return None, None, None
+        fallback = "TIFF" if header.mode == "CMYK" else "PNG"
+        return (
+            fallback,
+            f"--scale 1 leaves every pixel outside the faces as it was, and a {header.format} re-encode "
+            f"would change them all: written as {fallback} with the same metadata",
+            None,
+        )
     width, height = header.width * scale, header.height * scale
     why = format_limit(header.format, width, height)
     if why is None:
@@ -54,7 +72,7 @@ def format_plan(source: Path, scale: int) -> tuple[str | None, str | None, str |
     return fallback, f"{why}: written as {fallback} with the same metadata", None
 
 
-_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png"}
+_EXTENSIONS = {"JPEG": ".jpg", "PNG": ".png", "TIFF": ".tif"}
 
 
 def _list_photos(paths: Sequence[Path]) -> list[Path]:
@@ -160,7 +178,8 @@ def plan_outputs(
                 format_plan(source, options.scale) if options.write_photos else (None, None, None)
             )
             if refusal is not None or (out_format is not None and options.in_place and options.write_photos):
-                reason = refusal or f"{note}; --in-place keeps the format: use --out, or a smaller --scale"
+                hint = "use --out" if options.scale == 1 else "use --out, or a smaller --scale"
+                reason = refusal or f"{note}; --in-place keeps the format: {hint}"
                 planned.append(PhotoReport(source, dest, "failed", reason))
                 continue
             if out_format is not None:
