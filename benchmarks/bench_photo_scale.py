@@ -15,6 +15,11 @@ benchmarks/bench_photo_scale.py`` (the children inherit it).
 
     python benchmarks/bench_photo_scale.py                       # synthetic 12 MP, ×4
     python benchmarks/bench_photo_scale.py --photo a.heic --scale 2 --json
+    python benchmarks/bench_photo_scale.py --photo big.jpg --all-photos   # written even with no small face
+
+A photo with no face small enough to enhance is skipped by default (status ``no-face``), so
+nothing is upscaled or written and the figures say little: ``--all-photos`` passes the flag on,
+and the photo is upscaled and written like any other.
 """
 
 from __future__ import annotations
@@ -94,6 +99,11 @@ def main() -> None:
     parser.add_argument("--photo", action="append", type=Path, default=[])
     parser.add_argument("--scale", type=int, default=4)
     parser.add_argument("--json", action="store_true", help="print the results as JSON")
+    parser.add_argument(
+        "--all-photos",
+        action="store_true",
+        help="pass --all-photos: photos with no small face are written too",
+    )
     args = parser.parse_args()
 
     with tempfile.TemporaryDirectory() as tmp_name:
@@ -116,7 +126,7 @@ def main() -> None:
             home = tmp / f"home-{i}"
             hime_env = dict(env, HIME_HOME=str(home))
             cmd = [sys.executable, "-c", _HIME, "enhance", str(photo), "--scale", str(args.scale),
-                   "--out", str(tmp / f"out-{i}"), "--json"]  # fmt: skip
+                   "--out", str(tmp / f"out-{i}"), "--json"] + (["--all-photos"] if args.all_photos else [])  # fmt: skip
             run = measure(cmd, hime_env, tmp)
             report = {}
             try:
