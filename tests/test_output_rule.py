@@ -109,3 +109,19 @@ def test_enhance_small_then_the_library_redoes_nothing_and_outputs_are_never_ind
     assert {p.status for p in inside.photos} == {"done"} and (lib / "enhanced" / "a.jpg").is_file()
     assert _scan([lib]) == [str(lib / "a.jpg"), str(lib / "small" / "b.jpg")]
     assert np.asarray(Image.open(lib / "enhanced" / "a.jpg")).shape[:2] == (512, 512)
+
+
+def test_compare_sheets_in_a_folder_hime_created_are_never_indexed(
+    assets: Path,  # noqa: F811 - fixture
+    tmp_path: Path,
+) -> None:
+    lib = _library(tmp_path).resolve()
+    sheets = lib / "sheets"
+    report = enhance(
+        [lib / "a.jpg"],
+        _options(assets, refs_dir=assets / "refs", compare=True, compare_dir=sheets, write_photos=False),
+    )
+    assert report.photos[0].compare is not None and report.photos[0].compare.is_file()
+    assert sheets in report.photos[0].compare.parents
+    assert read_outputs().contains(report.photos[0].compare)
+    assert _scan([lib]) == [str(lib / "a.jpg"), str(lib / "small" / "b.jpg")]
