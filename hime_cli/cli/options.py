@@ -13,14 +13,19 @@ PathsArg = Annotated[
     list[Path], typer.Argument(help="Photos and folders (searched recursively).", show_default=False)
 ]
 ScaleOpt = Annotated[
-    int, typer.Option("--scale", "-s", help="Upscaling factor of the whole photo: 2, 4 or 8.")
+    int,
+    typer.Option(
+        "--scale",
+        "-s",
+        help="Upscaling factor of the whole photo: 1, 2, 4 or 8 (1: restore faces, keep the size).",
+    ),
 ]
 MaxFaceOpt = Annotated[
     float | None,
     typer.Option(
         "--max-face",
-        help="Enhance faces up to this size (detection box side, input pixels). "
-        "Default: 96 at ×2 and ×4, 48 at ×8 (measured: see docs/enhance.md).",
+        help="Enhance faces up to this size (crop region side, input pixels). "
+        "Default: 180 at ×1, 108 at ×2 and ×4, 54 at ×8 (measured: see docs/enhance.md).",
         show_default=False,
     ),
 ]

@@ -9,8 +9,9 @@ For every input photo (files and folders, recursively):
 2. **Faces**: from the library index (photos not yet in it are scanned first, an explicit step:
    :func:`~hime_cli.pipeline.sources.scan_missing`), or, with ``--refs DIR``, detected here and
    matched to the faces in DIR.
-   A face is enhanced when its detection score is at least ``min_score`` and its size (the larger
-   side of its detection box, in input pixels) at most ``max_face``.
+   A face is enhanced when its detection score is at least ``min_score`` and its size (the side
+   of its canonical crop region, :func:`hime_cli.faces.align.region_size`, in input pixels: the
+   one face size of ``faces list``, the sheets and the exemplar rule) at most ``max_face``.
 3. **Exemplars**: up to ``max_refs`` crops of the same person from other photos
    (:func:`hime_cli.identities.exemplars.ranked_candidates`: resolution, sharpness, detection score,
    pose), never from the same photo nor from a copy of it (a resized export of the same shot);

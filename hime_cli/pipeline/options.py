@@ -37,7 +37,11 @@ DEFAULT_MAX_REFS = 3
 # size, benchmarks/restore_native.py, docs/enhance.md): on dev photos re-saved as JPEG q50 faces of
 # boxes up to 160 px (regions 74-206 px) gain +0.53 to +1.34 dB on average, blurred ones neither
 # gain nor lose (-0.06 to +0.12 dB); beyond 160 px nothing was measured.
-_DEFAULT_MAX_FACE = {1: 160.0, 2: 96.0, 4: 96.0, 8: 48.0}
+# Those sizes were detection box sides (96 / 48 / 160); the limit is now the crop region side
+# (faces.align.region_size, the one face size of issue #10), converted with the measured median
+# region / box ratio of MTCNN faces, 1.12 (celeba-wild dev and ../shared/data/photos, docs/enhance.md):
+# 96 → 108, 48 → 54, 160 → 180.
+_DEFAULT_MAX_FACE = {1: 180.0, 2: 108.0, 4: 108.0, 8: 54.0}
 # A reference folder face must be at least this close to be "the person". The embeddings are
 # flip-averaged unit vectors (hime_cli/faces/embed.py): on 6 dev people, 3 % of a person's own
 # faces lie beyond 0.45 from their medoid and 1 % of other people's within it (at the raw-descriptor
@@ -66,7 +70,7 @@ def _paste_options() -> PasteOptions:
 
 
 def default_max_face(scale: int) -> float:
-    """Default ``--max-face`` (detection box side, input pixels) for an output scale."""
+    """Default ``--max-face`` (crop region side, ``faces.align.region_size``, input pixels)."""
     return _DEFAULT_MAX_FACE[scale]
 
 
@@ -147,6 +151,7 @@ class EnhanceOptions:
             "version": __version__,
             "scale": self.scale,
             "max_face": self.face_limit,
+            "face_size": "region",  # --max-face compares the crop region side (was the box side)
             "min_score": self.min_score,
             "max_refs": self.max_refs,
             "refs": refs,
@@ -164,7 +169,7 @@ class EnhanceOptions:
 @dataclass(frozen=True)
 class FaceReport:
     box: tuple[float, float, float, float]
-    size: float  # detection box side, input pixels
+    size: float  # side of the canonical crop region (faces.align.region_size), input pixels
     score: float
     status: str  # enhanced | would-enhance | too-large | low-score | not-target | failed
     identity_id: int | None = None

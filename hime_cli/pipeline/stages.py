@@ -78,13 +78,16 @@ def select_faces(
     chosen: list[FaceReport | SelectedFace] = []
     for k, face in enumerate(faces):
         det = face.detected
-        base = FaceReport(tuple(det.box.as_list()), det.size, det.score, "", face.identity_id)  # type: ignore[arg-type]
+        size = region_size(det.landmarks)  # the one face size: the canonical crop region's side
+        base = FaceReport(tuple(det.box.as_list()), size, det.score, "", face.identity_id)  # type: ignore[arg-type]
         if k not in targets:
             chosen.append(replace(base, status="not-target", reason="not the person in --refs"))
         elif det.score < options.min_score:
             chosen.append(replace(base, status="low-score", reason=f"detection score < {options.min_score}"))
-        elif det.size > options.face_limit:
-            chosen.append(replace(base, status="too-large", reason=f"face > {options.face_limit:g} px"))
+        elif size > options.face_limit:
+            chosen.append(
+                replace(base, status="too-large", reason=f"face region > {options.face_limit:g} px")
+            )
         else:
             matrix, lr_size = face_crop(det.landmarks, model_scale)
             lr = crop_image(rgb, matrix, lr_size)

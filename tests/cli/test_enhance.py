@@ -112,6 +112,18 @@ def test_help_is_there() -> None:
     assert _invoke(["compare", "--help"]).exit_code == 0
 
 
+def test_max_face_and_scale_help_name_what_they_measure() -> None:
+    from hime_cli.cli.options import MaxFaceOpt, ScaleOpt
+    from hime_cli.pipeline import default_max_face
+
+    max_face = MaxFaceOpt.__metadata__[0].help
+    assert "crop region side" in max_face and "detection box" not in max_face
+    for scale in (1, 2, 4, 8):  # the help states the defaults the code uses
+        assert f"{default_max_face(scale):g} at" in max_face
+    scale = ScaleOpt.__metadata__[0].help
+    assert "1, 2, 4 or 8" in scale and "keep the size" in scale
+
+
 def test_usage_errors_exit_2(tmp_path: Path, weights: Path) -> None:
     Image.fromarray(astronaut()).save(tmp_path / "a.jpg")
     result = _invoke(["enhance", str(tmp_path / "a.jpg"), "--scale", "3", *_base(weights)])
@@ -239,6 +251,34 @@ def test_dry_run_lists_and_writes_nothing(tmp_path: Path, weights: Path) -> None
     assert result.exit_code == 0
     assert "Would enhance" in result.stdout and "a.jpg" in result.stdout
     assert not (tmp_path / "hime-enhanced").exists()
+
+
+def test_face_size_is_the_crop_region_side_in_json_and_for_max_face(tmp_path: Path, weights: Path) -> None:
+    """--json's face size and --max-face are the canonical crop region side (faces.align.region_size),
+    not the detection box side (issue #10 item 9): a limit between the two decides by the region."""
+    from hime_cli.faces.align import region_size
+    from hime_cli.faces.detect import get_detector
+
+    src = tmp_path / "a.jpg"
+    Image.fromarray(astronaut()).save(src, quality=92)
+    (det,) = get_detector().detect(np.asarray(Image.open(src), np.float32) / 255)
+    region, box = region_size(det.landmarks), det.box.size
+    assert abs(region - box) > 4  # the two sizes differ enough for a limit between them
+
+    def dry_run(max_face: float) -> dict:
+        result = _invoke(
+            ["enhance", str(src), "--dry-run", "--json", "--max-face", str(max_face), *_base(weights)]
+        )
+        assert result.exit_code == 0, result.stderr
+        (face,) = json.loads(result.stdout)["photos"][0]["faces"]
+        assert face["size"] == round(region, 1)
+        return face
+
+    # a limit between the two sizes: the box side rule would decide the other way
+    between = round((region + box) / 2, 1)
+    assert dry_run(between)["status"] == ("would-enhance" if region < box else "too-large")
+    assert dry_run(max(region, box) + 1)["status"] == "would-enhance"
+    assert dry_run(min(region, box) - 1)["status"] == "too-large"
 
 
 def test_compare_command_writes_png_and_html(tmp_path: Path, weights: Path) -> None:

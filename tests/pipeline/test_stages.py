@@ -48,6 +48,30 @@ def test_select_faces_reports_why_a_face_is_left_alone(rgb: np.ndarray) -> None:
     assert selected.hr_size == selected.lr_size * 4
 
 
+def test_select_faces_limits_the_crop_region_side_not_the_box_side(rgb: np.ndarray) -> None:
+    """--max-face compares faces.align.region_size (the one face size, issue #10), and the report's
+    size is that region side: a box under the limit with a region over it is too large, and the
+    reverse is enhanced."""
+
+    def face(region: float, box: float) -> TargetFace:
+        landmarks = (CANONICAL_LANDMARKS * region + 5).astype(np.float32)
+        return TargetFace(DetectedFace(Box(5, 5, 5 + box, 5 + box), landmarks, 0.99))
+
+    small_box, small_region = face(region=120, box=80), face(region=80, box=120)
+    chosen = stages.select_faces(rgb, [small_box, small_region], {0, 1}, EnhanceOptions(max_face=96), 4)
+    too_large, selected = chosen
+    assert isinstance(too_large, FaceReport) and too_large.status == "too-large"
+    assert "region > 96 px" in (too_large.reason or "")
+    assert isinstance(selected, stages.SelectedFace)
+    assert (
+        too_large.size
+        == pytest.approx(region_size(small_box.detected.landmarks))
+        == pytest.approx(120, abs=1e-3)
+    )
+    assert selected.report.size == pytest.approx(region_size(small_region.detected.landmarks))
+    assert selected.report.size == pytest.approx(80, abs=1e-3)
+
+
 class _Source(ExemplarSource):
     def __init__(self, faces: list[Face]) -> None:
         self.faces_ = faces
