@@ -21,6 +21,7 @@ import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
+from hime_cli.library.index import path_key
 from hime_cli.paths import get_paths
 
 log = logging.getLogger(__name__)
@@ -31,10 +32,6 @@ LEDGER_NAME = "enhance-ledger.sqlite3"
 def ledger_path() -> Path:
     """Where the enhance ledger lives (``HIME_HOME``'s data folder)."""
     return get_paths().data_dir / LEDGER_NAME
-
-
-def _key(path: str | os.PathLike[str]) -> bytes:
-    return os.fsencode(os.path.abspath(path))
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ class HimeOutputs:
         folder hime created for its output?"""
         if not self:
             return False
-        for key in {_key(path), _key(os.path.realpath(path))}:
+        for key in {path_key(path), path_key(os.path.realpath(path))}:
             if key in self.files:
                 return True
             if self.folders:

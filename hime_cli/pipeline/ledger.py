@@ -11,6 +11,7 @@ from pathlib import Path
 
 from hime_cli.errors import HimeError, StoreDamagedError
 from hime_cli.files import sha256_file
+from hime_cli.library.index import path_key
 from hime_cli.library.outputs import LEDGER_NAME, HimeOutputs, read_outputs
 from hime_cli.library.outputs import ledger_path as _ledger_path
 from hime_cli.library.sqlite_store import StoreMigration, apply_migrations, move_aside, translate
@@ -148,14 +149,10 @@ class EnhanceLedger:
         try:
             self._conn.execute(
                 "INSERT OR IGNORE INTO output_folders (path, created_at) VALUES (?, ?)",
-                (self._key(folder), datetime.now(timezone.utc).isoformat(timespec="seconds")),
+                (path_key(folder), datetime.now(timezone.utc).isoformat(timespec="seconds")),
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-
-    @staticmethod
-    def _key(path: str | os.PathLike[str]) -> bytes:
-        return os.fsencode(os.path.abspath(path))
 
     def is_done(self, source: Path, dest: Path, settings: str, in_place: bool) -> bool:
         return self.find_done(source, dest, settings, in_place) is not None
@@ -172,19 +169,19 @@ class EnhanceLedger:
         rows: list[tuple[bytes, tuple]] = []
         own = self._row(dest)
         if own is not None and own[0] == settings:
-            rows.append((self._key(dest), own))
+            rows.append((path_key(dest), own))
         try:
             found = self._conn.execute(
                 "SELECT dest, settings, source_sha, dest_sha, dest_size, dest_mtime_ns, source_size,"
                 " source_mtime_ns FROM outputs WHERE source_key = ? AND settings = ? AND in_place = 0"
                 " ORDER BY finished_at DESC",
-                (self._key(os.path.realpath(source)), settings),
+                (path_key(os.path.realpath(source)), settings),
             ).fetchall()
         except sqlite3.OperationalError:  # a read-only ledger from before version 3: by output only
             found = []
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
-        rows += [(bytes(r[0]), tuple(r[1:])) for r in found if bytes(r[0]) != self._key(dest)]
+        rows += [(bytes(r[0]), tuple(r[1:])) for r in found if bytes(r[0]) != path_key(dest)]
         for key, row in rows:
             where = Path(os.fsdecode(key))
             if self._intact(source, where, row, in_place=False):
@@ -198,11 +195,11 @@ class EnhanceLedger:
             try:
                 return self._conn.execute(
                     f"SELECT {columns}, source_size, source_mtime_ns FROM outputs WHERE dest = ?",
-                    (self._key(dest),),
+                    (path_key(dest),),
                 ).fetchone()
             except sqlite3.OperationalError:  # a read-only ledger from before version 3
                 return self._conn.execute(
-                    f"SELECT {columns} FROM outputs WHERE dest = ?", (self._key(dest),)
+                    f"SELECT {columns} FROM outputs WHERE dest = ?", (path_key(dest),)
                 ).fetchone()
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
@@ -254,13 +251,13 @@ class EnhanceLedger:
         key = size = mtime = None
         if source is not None:
             st = os.stat(source)
-            key, size, mtime = self._key(os.path.realpath(source)), st.st_size, st.st_mtime_ns
+            key, size, mtime = path_key(os.path.realpath(source)), st.st_size, st.st_mtime_ns
         try:
             self._conn.execute(
                 "INSERT OR REPLACE INTO outputs (dest, settings, in_place, source_sha, dest_sha, dest_size,"
                 " dest_mtime_ns, finished_at, source_key, source_size, source_mtime_ns)"
                 " VALUES (?, ?, ?, ?, ?, NULL, NULL, NULL, ?, ?, ?)",
-                (self._key(dest), settings, int(in_place), source_sha, dest_sha, key, size, mtime),
+                (path_key(dest), settings, int(in_place), source_sha, dest_sha, key, size, mtime),
             )
         except sqlite3.Error as exc:
             raise self._error(exc) from exc
@@ -274,7 +271,7 @@ class EnhanceLedger:
                     st.st_size,
                     st.st_mtime_ns,
                     datetime.now(timezone.utc).isoformat(timespec="seconds"),
-                    self._key(dest),
+                    path_key(dest),
                 ),
             )
         except sqlite3.Error as exc:
