@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import err, out, print_json
+from hime_cli.cli.options import JsonOpt
 
 bench_app = typer.Typer(help="Measure how fast hime runs on this machine.", no_args_is_help=True)
 
@@ -31,7 +32,7 @@ def scan_cmd(
     workers: int | None = typer.Option(
         None, "--workers", "-w", help="Worker processes (default: the usable cores, at most 4)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Scan throughput (photos/s, ms per face, every face embedded) and the re-scan time of an unchanged index."""
     from hime_cli.errors import UsageError
@@ -75,7 +76,7 @@ def sr_cmd(
     threads: int = typer.Option(2, "--threads", help="CPU threads."),
     repeats: int = typer.Option(5, "--repeats", help="Timed repetitions (the median is reported)."),
     device: str = typer.Option("cpu", "--device", help="cpu or cuda."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """SR speed: ms per face for a batch of faces with references (paper budget: ≤ 50 ms on 2 cores)."""
     from hime_cli.sr.bench import benchmark_sr

@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import err, out, print_json
-from hime_cli.cli.options import ExemplarHrSizeOpt
+from hime_cli.cli.options import ExemplarHrSizeOpt, JsonOpt
 from hime_cli.errors import UsageError
 from hime_cli.faces.align import TRAIN_HR_SIZE  # the HR crop side of the released models
 
@@ -56,7 +56,7 @@ def register(app: typer.Typer) -> None:
 
 @clusters_app.command("list")
 def list_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON (for scripts)."),
+    json_out: JsonOpt = False,
     min_faces: int | None = typer.Option(
         None,
         "--min-faces",
@@ -302,7 +302,7 @@ def update_cmd(
         None, "--threshold", help="Average-link distance threshold (default: tuned for the embedder)."
     ),
     embedder: str = typer.Option("dlib", "--embedder", help="Cluster faces embedded with this model."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Place faces that have no identity yet (a scan does this itself); assigned faces never move."""
     from hime_cli.identities.store import update_identities

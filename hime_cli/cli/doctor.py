@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hime_cli.cli.common import EXIT_FAILED, err, out, print_json, safe
+from hime_cli.cli.options import JsonOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -16,7 +17,7 @@ def doctor_cmd(
     repair: bool = typer.Option(
         False, "--repair", help="Do the repairs listed (damaged files are moved aside, never deleted)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Check hime's own files: the library index, the backup manifest, its records and objects, the ledger.
 

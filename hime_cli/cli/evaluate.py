@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import err, out, print_json, progress_enabled
+from hime_cli.cli.options import JsonOpt, WeightsOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -20,9 +21,7 @@ def eval_cmd(
     ),
     scale: int = typer.Option(4, "--scale", help="4 (32→128) or 8 (16→128)."),
     refs: int = typer.Option(3, "--refs", help="References per face (other photos of the same person)."),
-    weights: str | None = typer.Option(
-        None, "--weights", help="Weight name (arch.tag) or .safetensors path."
-    ),
+    weights: WeightsOpt = None,
     limit: int | None = typer.Option(
         None, "--limit", help="Evaluate at most N faces (spread over identities)."
     ),
@@ -37,7 +36,7 @@ def eval_cmd(
         help="bicubic (the paper's protocol) or real (blur, noise, JPEG q30-95; seeded per face).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the real degradation and of the reference draws."),
-    json_out: bool = typer.Option(False, "--json", help="Print one JSON object."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
     import torch

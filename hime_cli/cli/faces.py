@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hime_cli.cli.common import err, out, print_json
+from hime_cli.cli.options import JsonOpt
 from hime_cli.errors import UsageError
 
 faces_app = typer.Typer(help="Inspect the faces in the library index.", no_args_is_help=True)
@@ -16,7 +17,7 @@ def register(app: typer.Typer) -> None:
 
 @faces_app.command("list")
 def list_cmd(
-    json_out: bool = typer.Option(False, "--json", help="Print JSON on stdout."),
+    json_out: JsonOpt = False,
     identity: int | None = typer.Option(None, "--identity", help="Only the faces of this identity id."),
     max_size: float | None = typer.Option(
         None, "--max-size", help="Only faces of at most this size (px: the crop region side, as everywhere)."

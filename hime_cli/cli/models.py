@@ -7,6 +7,7 @@ from typing import Any
 import typer
 
 from hime_cli.cli.common import err, fail, out, print_json, safe
+from hime_cli.cli.options import JsonOpt
 
 models_app = typer.Typer(
     name="models",
@@ -63,7 +64,7 @@ def _fmt_params(n: int | None) -> str:
 
 
 @models_app.command("list")
-def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def list_cmd(json_out: JsonOpt = False) -> None:
     """List the registered weights: scale, variant, size, dev PSNR and where each resolves."""
     from hime_cli.hub import load_registry, registry_path
 
@@ -89,7 +90,7 @@ def list_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON."))
 @models_app.command("info")
 def info_cmd(
     name: str = typer.Argument(..., help="Weight name (arch.tag) or architecture name."),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Show everything the registry records about one weight, and where it resolves."""
     from hime_cli.hub import bundled_dirs, find_entry
@@ -124,7 +125,7 @@ def download_cmd(
 
 
 @models_app.command("verify")
-def verify_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def verify_cmd(json_out: JsonOpt = False) -> None:
     """Check the sha256 of every local copy of every registered weight. Exit 1 on a mismatch."""
     from hime_cli.hub import load_registry, locate_weights, sha256_file
 

@@ -73,4 +73,4 @@ ExemplarHrSizeOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
-JsonOpt = Annotated[bool, typer.Option("--json", help="Print a JSON report on stdout.")]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]

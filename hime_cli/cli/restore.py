@@ -7,6 +7,7 @@ from pathlib import Path
 import typer
 
 from hime_cli.cli.common import EXIT_FAILED, err, out, print_json, safe
+from hime_cli.cli.options import JsonOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -23,7 +24,7 @@ def restore_cmd(
     list_only: bool = typer.Option(
         False, "--list", help="List the recorded backups (under PATHS, if given)."
     ),
-    json_out: bool = typer.Option(False, "--json", help="Print JSON."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Restore originals from the verified backups kept by `hime enhance --in-place`."""
     from hime_cli.errors import UsageError

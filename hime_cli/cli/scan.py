@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from hime_cli.cli.common import EXIT_FAILED, EXIT_OK, err, out, print_json, progress_enabled
+from hime_cli.cli.options import JsonOpt
 
 if TYPE_CHECKING:
     from hime_cli.identities.store import ClusterReport
@@ -25,7 +26,7 @@ def scan_cmd(
     paths: list[Path] = typer.Argument(..., help="Folders (scanned recursively) or photo files."),
     embedder: str = typer.Option("dlib", "--embedder", "-e", help=EMBEDDER_HELP),
     force: bool = typer.Option(False, "--force", help="Re-process every photo, even unchanged ones."),
-    json_out: bool = typer.Option(False, "--json", help="Print the report as JSON on stdout."),
+    json_out: JsonOpt = False,
 ) -> None:
     """Index every photo under PATH: faces, sharpness, embeddings, EXIF. Re-runs skip unchanged photos.
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import typer
 
 from hime_cli.cli.common import out, print_json, safe
+from hime_cli.cli.options import JsonOpt
 
 
 def register(app: typer.Typer) -> None:
@@ -12,7 +13,7 @@ def register(app: typer.Typer) -> None:
     app.command("paths")(paths_cmd)
 
 
-def paths_cmd(json_out: bool = typer.Option(False, "--json", help="Print JSON.")) -> None:
+def paths_cmd(json_out: JsonOpt = False) -> None:
     """Print where hime keeps its index, caches and weights (HIME_HOME overrides all)."""
     from hime_cli.paths import get_paths
 
