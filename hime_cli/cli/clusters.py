@@ -13,7 +13,7 @@ import typer
 from hime_cli.cli.common import err, out, print_json
 from hime_cli.cli.options import ExemplarHrSizeOpt, JsonOpt
 from hime_cli.errors import UsageError
-from hime_cli.faces.align import TRAIN_HR_SIZE  # the HR crop side of the released models
+from hime_cli.faces import TRAIN_HR_SIZE  # the HR crop side of the released models
 
 
 def _open(readonly: bool):  # -> LibraryIndex

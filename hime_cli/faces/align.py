@@ -23,7 +23,7 @@ import math
 import cv2
 import numpy as np
 
-TRAIN_HR_SIZE = 128  # HR face crop side the released models were trained on
+from hime_cli.faces import TRAIN_HR_SIZE  # re-exported: the HR face crop side of the released models
 
 # (x, y) in [0, 1] crop coordinates: left eye, right eye, nose, left mouth, right mouth.
 CANONICAL_LANDMARKS = np.array(

@@ -36,10 +36,8 @@ The package: :mod:`~hime_cli.pipeline.options` (options, reports, defaults), ``p
 import importlib
 from typing import Any
 
-from hime_cli.pipeline.compare import write_contact_sheet
-
 # Names re-exported from the submodules, imported on first use (PEP 562): importing
-# ``hime_cli.pipeline.options`` for the CLI's defaults pulls in neither torch nor the stages.
+# ``hime_cli.pipeline.options`` for the CLI's defaults pulls in neither numpy, torch nor the stages.
 _EXPORTS = {
     "CHUNK_FACES": "hime_cli.pipeline.options",
     "CHUNK_PHOTOS": "hime_cli.pipeline.options",
@@ -73,6 +71,7 @@ _EXPORTS = {
     "format_plan": "hime_cli.pipeline.plan",
     "plan_outputs": "hime_cli.pipeline.plan",
     "scan_missing": "hime_cli.pipeline.sources",
+    "write_contact_sheet": "hime_cli.pipeline.compare",
 }
 
 

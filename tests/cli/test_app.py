@@ -51,10 +51,13 @@ def test_every_command_error_goes_through_the_one_table(monkeypatch) -> None:
     assert isinstance(result.exception, ValueError)  # a bug keeps its traceback
 
 
-def test_help_does_not_import_torch() -> None:
-    code = "import sys; from hime_cli.cli.app import app; print('torch' in sys.modules)"
+def test_help_imports_neither_torch_nor_numpy_nor_opencv() -> None:
+    code = (
+        "import sys; from hime_cli.cli.app import app; "
+        "print(sorted(m for m in ('torch', 'numpy', 'cv2') if m in sys.modules))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-    assert proc.stdout.strip() == "False"
+    assert proc.stdout.strip() == "[]"
 
 
 def test_paths_follow_hime_home(tmp_path, monkeypatch) -> None:
