@@ -440,13 +440,12 @@ def trained_weights() -> str:
 
 @pytest.fixture(scope="module")
 def dev_targets(
-    trained_weights: str, shared_data: Path
+    trained_weights: str, shared_data: Path, face_memo
 ) -> list[tuple[Path, Path, tuple[float, float, float, float]]]:
     """(identity folder, photo, face box) for the first N_REAL identities with a suitable photo."""
-    from hime_cli.faces.detect import get_detector
     from hime_cli.library.reader import load_image
 
-    detector = get_detector()
+    detector = face_memo.detector()
     found = []
     for identity in sorted((shared_data / "celeba-wild" / "dev").iterdir()):
         photos = sorted(identity.glob("*.jpg"))
@@ -494,7 +493,12 @@ def _others(identity: Path, photo: Path) -> list[Path]:
 
 @pytest.mark.data
 @pytest.mark.slow
-def test_real_photos_with_refs_beat_lanczos(dev_targets, trained_weights: str, tmp_path: Path) -> None:
+def test_real_photos_with_refs_beat_lanczos(
+    dev_targets, trained_weights: str, tmp_path: Path, face_memo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # MTCNN and dlib through the session's FaceMemo (the same answers; the scanned-identities
+    # test below and tests/identities/test_dev_clustering.py look at the same photos).
+    face_memo.patch(monkeypatch)
     weights = trained_weights
     gains = []
     for k, (identity, photo, box) in enumerate(dev_targets):
@@ -523,7 +527,7 @@ def test_real_photos_with_refs_beat_lanczos(dev_targets, trained_weights: str, t
 @pytest.mark.data
 @pytest.mark.slow
 def test_real_photos_with_scanned_identities_never_use_the_photo_itself(
-    dev_targets, trained_weights: str, tmp_path: Path
+    dev_targets, trained_weights: str, tmp_path: Path, face_memo
 ) -> None:
     from hime_cli.identities.store import update_identities
     from hime_cli.library.index import LibraryIndex
@@ -538,7 +542,8 @@ def test_real_photos_with_scanned_identities_never_use_the_photo_itself(
         for p in [photo, *_others(identity, photo)]:
             (folder / p.name).symlink_to(p)
     with LibraryIndex.open() as index:
-        scan_paths([library], index)
+        # the photos the test above gave as --refs: MTCNN and dlib answers from the session's FaceMemo
+        scan_paths([library], index, face_memo.embedder(), detector=face_memo.detector())
         update_identities(index)
 
     inputs = tmp_path / "in"
