@@ -23,18 +23,17 @@ N_IDENTITIES = int(os.environ.get("HIME_DEV_IDENTITIES", "10"))  # 0: all
 
 
 @pytest.fixture(scope="module")
-def dev_faces(shared_data: Path) -> list[tuple[Path, str, ScannedFace]]:
-    """(photo, truth, largest face) for the first N_IDENTITIES dev identities."""
+def dev_faces(shared_data: Path, face_memo) -> list[tuple[Path, str, ScannedFace]]:
+    """(photo, truth, largest face) for the first N_IDENTITIES dev identities (MTCNN and dlib
+    through the session's FaceMemo: tests/test_pipeline.py looks at many of the same photos)."""
     from PIL import Image, ImageOps
 
-    from hime_cli.faces.detect import get_detector
-    from hime_cli.faces.embed import get_embedder
     from hime_cli.faces.quality import sharpness
 
     dev = shared_data / "celeba-wild" / "dev"
     if not dev.is_dir():
         pytest.skip(f"{dev} is absent")
-    detector, embedder = get_detector(), get_embedder("dlib")
+    detector, embedder = face_memo.detector(), face_memo.embedder()
     result = []
     folders = sorted(p for p in dev.iterdir() if p.is_dir())
     for folder in folders[:N_IDENTITIES] if N_IDENTITIES > 0 else folders:
