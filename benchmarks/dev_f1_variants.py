@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from face_features import DEFAULT_CACHE, Features  # noqa: E402
+from face_features import DEFAULT_CACHE, FEATURES_VERSION, Features  # noqa: E402
 from generalization import gated_labels, library_args, score, unit  # noqa: E402
 
 from hime_cli.faces.quality import MEAN_DLIB_EMBEDDING, assess, generic_distance  # noqa: E402
@@ -55,6 +55,7 @@ from hime_cli.identities.cluster import (  # noqa: E402
     cluster_embeddings,
 )
 from hime_cli.identities.store import POOR_TIGHTEN  # noqa: E402
+from hime_cli.types import Box  # noqa: E402
 
 PADDINGS = (0.25, 0.15, 0.35)  # 0.25 is what faces.embed uses
 JITTERS = 8  # jittered windows cached per face (each with its mirror image)
@@ -63,7 +64,8 @@ UNIT_TS = [round(0.34 + 0.005 * i, 3) for i in range(25)]
 
 
 def _cache_path(data: Path, cache: Path, suffix: str) -> Path:
-    return cache / (str(data.resolve()).strip("/").replace("/", "_").split("data_")[-1] + suffix)
+    name = str(data.resolve()).strip("/").replace("/", "_").split("data_")[-1]
+    return cache / f"{name}.{FEATURES_VERSION}{suffix}"
 
 
 def views(data: Path, f: Features, cache: Path = DEFAULT_CACHE) -> np.ndarray:
@@ -80,8 +82,7 @@ def views(data: Path, f: Features, cache: Path = DEFAULT_CACHE) -> np.ndarray:
     out = np.zeros((len(f.truth), len(PADDINGS), 2, 128), np.float32)
     for i, rel in enumerate(f.paths):
         rgb = load_image(data / rel).rgb_uint8()
-        x0, y0, x1, y1 = f.boxes[i]
-        shape = embedder._pose(rgb, dlib.rectangle(int(x0), int(y0), int(round(x1)), int(round(y1))))
+        shape = embedder._pose(rgb, embedder.dlib_box(rgb, Box(*map(float, f.boxes[i]))))
         chips = []
         for padding in PADDINGS:
             chip = dlib.get_face_chip(rgb, shape, size=150, padding=padding)
@@ -121,8 +122,7 @@ def jitter_views(data: Path, f: Features, cache: Path = DEFAULT_CACHE) -> np.nda
     out = np.zeros((len(f.truth), JITTERS, 2, 128), np.float32)
     for i, rel in enumerate(f.paths):
         rgb = load_image(data / rel).rgb_uint8()
-        x0, y0, x1, y1 = f.boxes[i]
-        shape = embedder._pose(rgb, dlib.rectangle(int(x0), int(y0), int(round(x1)), int(round(y1))))
+        shape = embedder._pose(rgb, embedder.dlib_box(rgb, Box(*map(float, f.boxes[i]))))
         chip = dlib.get_face_chip_details(shape, 150, 0.25)
         r = chip.rect
         cx, cy, w, h = (r.left() + r.right()) / 2, (r.top() + r.bottom()) / 2, r.width(), r.height()

@@ -20,6 +20,9 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_CACHE = Path("/tmp/hime_face_features")
+# Part of every cache file's name: bumped when the embedding changes, so old caches are not read.
+# v2: dlib's shape predictor runs in dlib's HOG box of each face (faces.embed.reframe_box); v3: a 2x crop; v4: 3x crop, face at 100 px.
+FEATURES_VERSION = "v4"
 
 
 @dataclass
@@ -96,7 +99,7 @@ def compute(data: Path, limit: int = 0) -> Features:
 
 
 def cached(data: Path, cache: Path = DEFAULT_CACHE, limit: int = 0) -> Features:
-    name = f"{data.parent.name}_{data.name}" + (f"_first{limit}" if limit else "")
+    name = f"{data.parent.name}_{data.name}.{FEATURES_VERSION}" + (f"_first{limit}" if limit else "")
     npz, meta = cache / f"{name}.npz", cache / f"{name}.json"
     if npz.is_file() and meta.is_file():
         m = json.loads(meta.read_text())

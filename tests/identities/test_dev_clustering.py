@@ -1,9 +1,10 @@
 """Clustering quality on real faces: celeba-wild/dev (folder names are the truth).
 
 By default the first ten identities (about 220 faces: a minute or two on a quiet CPU);
-``HIME_DEV_IDENTITIES=0`` runs all 36 (the issue's requirement, F1 0.952 there; also reported by
-``benchmarks/tune_clustering.py``, see docs/clustering.md). The first ten score 0.938 at the
-tuned threshold: subsets of ten range from about 0.93 to 0.99.
+``HIME_DEV_IDENTITIES=0`` runs all 36 (issue 12 asks pairwise F1 >= 0.96 there: 0.963 with the
+re-framed embeddings, see docs/clustering.md and ``benchmarks/generalization.py``). The first ten
+score 0.965 at the shipped threshold (0.954 before re-framing, 0.938 with raw vectors); subsets of
+ten vary by several hundredths, so the bar here is 0.95.
 """
 
 from __future__ import annotations
@@ -59,7 +60,7 @@ def test_dev_pairwise_f1_from_scratch(dev_faces) -> None:
     pw = pairwise_prf(truth, labels)
     print(f"pairwise {pw}, bcubed {bcubed_prf(truth, labels)}")
     assert len(truth) > 20 * min(N_IDENTITIES or 36, 36)
-    assert pw.f1 >= 0.93
+    assert pw.f1 >= 0.95
 
 
 @pytest.mark.data
@@ -84,4 +85,4 @@ def test_dev_incremental_scans_stay_accurate(dev_faces, tmp_path: Path) -> None:
     ids = sorted(face_truth)
     pw = pairwise_prf([face_truth[f] for f in ids], [after[f] for f in ids])
     print(f"incremental pairwise {pw}")
-    assert pw.f1 >= 0.93
+    assert pw.f1 >= 0.95
