@@ -108,7 +108,8 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as tmp_name:
         tmp = Path(tmp_name)
-        photos = args.photo or [synthetic_photo(tmp / "synthetic-12mp.jpg")]
+        # Absolute: the child processes run in a temporary folder, where a relative path means nothing.
+        photos = [p.resolve() for p in args.photo] or [synthetic_photo(tmp / "synthetic-12mp.jpg")]
         env = dict(os.environ, HIME_NO_PROGRESS="1", HF_HUB_OFFLINE="1")
         rows = []
         for i, photo in enumerate(photos):
