@@ -147,7 +147,8 @@ class DlibEmbedder:
 
 # reframe_box: the face is scaled to REFRAME_SIZE px (the MTCNN box's longer side) in a crop of
 # 2 x REFRAME_MARGIN x that side around its centre (dlib's HOG window is 80 px). HOG's box depends
-# on the crop, so these are fixed: other values score differently (docs/clustering.md). A HOG box is taken when it overlaps the MTCNN box by IoU >= REFRAME_MIN_IOU.
+# on the crop, so these are fixed: other values score differently (docs/clustering.md). A HOG box
+# is taken when it overlaps the MTCNN box by IoU >= REFRAME_MIN_IOU.
 REFRAME_SIZE = 100.0
 REFRAME_MARGIN = 1.5
 REFRAME_MIN_IOU = 0.4
