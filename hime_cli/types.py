@@ -37,6 +37,14 @@ class Box:
     def as_list(self) -> list[float]:
         return [self.x0, self.y0, self.x1, self.y1]
 
+    def iou(self, other: Box) -> float:
+        """Intersection over union of the two boxes (0 when they do not overlap or are empty)."""
+        ix = max(0.0, min(self.x1, other.x1) - max(self.x0, other.x0))
+        iy = max(0.0, min(self.y1, other.y1) - max(self.y0, other.y0))
+        inter = ix * iy
+        union = self.width * self.height + other.width * other.height - inter
+        return inter / union if union > 0 else 0.0
+
 
 @dataclass(frozen=True)
 class DetectedFace:

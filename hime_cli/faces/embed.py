@@ -180,15 +180,12 @@ def reframe_box(hog, image: np.ndarray, box: Box) -> tuple[int, int, int, int] |
     size = (max(1, round(crop.shape[1] * k)), max(1, round(crop.shape[0] * k)))
     small = cv2.resize(crop, size, interpolation=cv2.INTER_AREA if k < 1 else cv2.INTER_LINEAR)
     kx, ky = small.shape[1] / crop.shape[1], small.shape[0] / crop.shape[0]
-    mx0, my0, mx1, my1 = (box.x0 - x0) * kx, (box.y0 - y0) * ky, (box.x1 - x0) * kx, (box.y1 - y0) * ky
+    mtcnn = Box((box.x0 - x0) * kx, (box.y0 - y0) * ky, (box.x1 - x0) * kx, (box.y1 - y0) * ky)
     best, best_iou = None, 0.0
     for r in hog(np.ascontiguousarray(small), 0):
-        iw = max(0.0, min(mx1, r.right()) - max(mx0, r.left()))
-        ih = max(0.0, min(my1, r.bottom()) - max(my0, r.top()))
-        inter = iw * ih
-        union = (mx1 - mx0) * (my1 - my0) + r.width() * r.height() - inter
-        if union > 0 and inter / union > best_iou:
-            best, best_iou = r, inter / union
+        iou = mtcnn.iou(Box(r.left(), r.top(), r.right(), r.bottom()))
+        if iou > best_iou:
+            best, best_iou = r, iou
     if best is None or best_iou < REFRAME_MIN_IOU:
         return None
     return (

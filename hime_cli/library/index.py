@@ -108,14 +108,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _iou(a: Box, b: Box) -> float:
-    ix = max(0.0, min(a.x1, b.x1) - max(a.x0, b.x0))
-    iy = max(0.0, min(a.y1, b.y1) - max(a.y0, b.y0))
-    inter = ix * iy
-    union = a.width * a.height + b.width * b.height - inter
-    return inter / union if union > 0 else 0.0
-
-
 class LibraryIndex:
     """The SQLite library index. Use :meth:`open`; close it (or use ``with``) when done."""
 
@@ -413,7 +405,7 @@ class LibraryIndex:
                 identity_id, assigned_by, rejected = None, "auto", 0
                 best, best_iou = -1, _KEEP_IDENTITY_IOU
                 for i, (old_box, _, _, _) in enumerate(old):
-                    iou = _iou(box, old_box)
+                    iou = box.iou(old_box)
                     if i not in taken and iou >= best_iou:
                         best, best_iou = i, iou
                 if best >= 0:
