@@ -7,6 +7,7 @@ M = number of (batch item, reference) pairs folded into one batch, C = channels,
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -255,6 +256,71 @@ def icnr_(conv: nn.Conv2d, upscale: int) -> None:
         conv.bias.zero_()
 
 
+class FineReferenceFusion(nn.Module):
+    """Reference detail at half the output size (an addition to the paper, ``HIMEConfig.fine``).
+
+    The paper fuses references only on the LR grid: at ×8 a 128 px reference reaches the
+    reconstructor as 16 × 16 × C features (64 grey values per LR pixel into C channels), so fine
+    texture is lost before aggregation. This branch takes each present reference's luma again at
+    HR/2 (space-to-depth by 2, a conv and one residual block), warps it by the displacement the LR
+    alignment found (the deformable conv's centre tap, averaged over offset groups, plus a learned
+    zero-initialised residual), pools the references with the CoFA weights (bilinearly upsampled)
+    and adds ``fuse([x, F_fine])`` to the reconstructor's features after the last-but-one
+    PixelShuffle stage (HR/2: 64 px of a 128 px output at ×4 and at ×8).
+
+    ``fuse``'s last conv is zero-initialised, so a model built from weights without this branch
+    computes exactly what they computed. Batch items without references get nothing added.
+    """
+
+    def __init__(self, channels: int, fine_channels: int, scale: int, deform_groups: int) -> None:
+        super().__init__()
+        self.factor = scale // 2  # LR grid -> HR/2 grid
+        self.deform_groups = deform_groups
+        self.head = conv3x3(4, fine_channels)
+        self.body = residual_stack(fine_channels, 1)
+        self.flow_head = conv3x3(2 * channels, 2)  # residual (dx, dy) in LR pixels
+        zero_init_(self.flow_head)
+        self.fuse = nn.Sequential(
+            conv3x3(channels + fine_channels, channels), nn.LeakyReLU(0.1, True), conv3x3(channels, channels)
+        )
+        zero_init_(self.fuse[2])
+
+    def features(
+        self,
+        ref_rows: Tensor,
+        aligned: Tensor,
+        f_lr_rows: Tensor,
+        offsets: Tensor | None,
+        mu: Tensor,
+        index_b: Tensor,
+        batch: int,
+    ) -> tuple[Tensor, Tensor]:
+        """Pooled HR/2 reference features (B, F, h·f, w·f) and which items have any (B,) bool.
+
+        ``ref_rows`` (M, 3, H, W) present references, ``aligned`` / ``f_lr_rows`` (M, C, h, w),
+        ``offsets`` (M, 2·G·9, h, w) of the deformable conv (None for ``align="conv"``), ``mu``
+        (M, 1, h, w) their CoFA weights.
+        """
+        fine = self.body(self.head(F.pixel_unshuffle(rgb_to_luma(ref_rows) - 0.5, 2)))
+        flow = self.flow_head(torch.cat((aligned, f_lr_rows), dim=1))
+        if offsets is not None:
+            groups = offsets.view(offsets.shape[0], self.deform_groups, 9, 2, *offsets.shape[2:])
+            flow = flow + groups[:, :, 4].mean(dim=1).flip(1)  # centre tap (dy, dx) -> (dx, dy)
+        size = fine.shape[-2:]
+        flow = F.interpolate(flow, size=size, mode="bilinear", align_corners=False) * self.factor
+        warped = flow_warp(fine, flow)
+        weight = F.interpolate(mu, size=size, mode="bilinear", align_corners=False)
+        numerator = warped.new_zeros(batch, *warped.shape[1:]).index_add(0, index_b, weight * warped)
+        denominator = weight.new_zeros(batch, 1, *size).index_add(0, index_b, weight)
+        present = torch.zeros(batch, dtype=torch.bool, device=ref_rows.device).index_fill(0, index_b, True)
+        return numerator / (denominator + 1e-6), present
+
+    def forward(self, x: Tensor, fine: Tensor, present: Tensor) -> Tensor:
+        """``x`` (B, C, h·f, w·f) reconstructor features + the fused reference detail."""
+        delta = self.fuse(torch.cat((x, fine.to(x.dtype)), dim=1))
+        return x + delta * present.view(-1, 1, 1, 1).to(x.dtype)
+
+
 class Reconstructor(nn.Module):
     """Sec. 3.4: k_r residual blocks, ICNR-initialised PixelShuffle x2 stages, output conv -> residual."""
 
@@ -274,6 +340,14 @@ class Reconstructor(nn.Module):
         self.tail = conv3x3(channels, 3)
         scale_init_(self.tail, 0.1)
 
-    def forward(self, fused: Tensor) -> Tensor:
+    def forward(self, fused: Tensor, inject: Callable[[Tensor], Tensor] | None = None) -> Tensor:
+        """``inject`` (the fine reference fusion) runs on the features after the last-but-one stage."""
         x = fused + self.body_conv(self.body(fused))
-        return self.tail(self.upsample(x))
+        if inject is None:
+            return self.tail(self.upsample(x))
+        stages = len(self.upsample) // 3
+        for stage in range(stages):
+            x = self.upsample[3 * stage + 2](self.upsample[3 * stage + 1](self.upsample[3 * stage](x)))
+            if stage == stages - 2:
+                x = inject(x)
+        return self.tail(x)

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from hime_cli.sr.blocks import (
     FeatureAggregation,
+    FineReferenceFusion,
     HRFeatureExtractor,
     LRFeatureExtractor,
     Reconstructor,
@@ -48,6 +49,8 @@ class HIMEConfig:
     deform_groups: int = 4  # offset groups of the deformable conv
     embed_channels: int = 16  # CoFA embedding width of g1, g2
     flow_channels: int = 16  # width of the learned flow estimator ("dconv_flow")
+    fine: bool = False  # reference detail fused again at HR/2 (blocks.FineReferenceFusion)
+    fine_channels: int = 16  # width of that branch's reference features
 
     def __post_init__(self) -> None:
         if self.scale not in (2, 4, 8):
@@ -58,6 +61,8 @@ class HIMEConfig:
             raise ValueError(f"aggregate must be average, max or cofa, got {self.aggregate!r}")
         if self.channels % self.deform_groups:
             raise ValueError(f"channels={self.channels} not divisible by deform_groups={self.deform_groups}")
+        if self.fine and self.scale < 4:
+            raise ValueError("the fine reference fusion needs scale 4 or 8 (it fuses at HR/2)")
 
 
 class HIME(nn.Module):
@@ -75,6 +80,11 @@ class HIME(nn.Module):
         )
         self.aggregation = FeatureAggregation(c, config.aggregate, config.embed_channels)
         self.reconstructor = Reconstructor(c, config.k_r, config.scale)
+        self.fine = (
+            FineReferenceFusion(c, config.fine_channels, config.scale, config.deform_groups)
+            if config.fine
+            else None
+        )
 
     def forward(
         self,
@@ -95,6 +105,7 @@ class HIME(nn.Module):
         f_lr = self.lr_extractor(lr)  # F^L (B, C, h, w)
         n_refs = 0 if refs is None else refs.shape[1]
         aux: dict[str, Tensor] = {}
+        inject = None
         if n_refs:
             index_b, index_n = self._pairs(refs, ref_mask, batch, height, width)
         if n_refs == 0 or index_b.numel() == 0:
@@ -116,12 +127,27 @@ class HIME(nn.Module):
             aligned, align_aux = self.alignment(f_ref, f_lr_rows, lr_luma, ref_luma, flow_rows)
             f_a, aux["weights"] = self.aggregation(aligned, f_lr, index_b, index_n, n_refs)
             fused = f_a + f_lr  # F_f = F_a + F^L (Sec. 3.3)
+            if self.fine is not None:
+                fine, present = self.fine.features(
+                    ref_rows,
+                    aligned,
+                    f_lr_rows,
+                    align_aux.get("offsets"),
+                    aux["weights"][index_b, index_n],
+                    index_b,
+                    batch,
+                )
+                fine_fusion = self.fine
+
+                def inject(x: Tensor) -> Tensor:
+                    return fine_fusion(x, fine, present)
+
             for key, rows in align_aux.items():
                 dense = rows.new_zeros(batch, n_refs, *rows.shape[1:])
                 aux[key] = dense.index_put((index_b, index_n), rows)
         # I^SR = bicubic(I^L) + R(F_f) (Sec. 3.4)
         out = F.interpolate(lr, scale_factor=self.scale, mode="bicubic", align_corners=False)
-        out = out + self.reconstructor(fused)
+        out = out + self.reconstructor(fused, inject)
         return (out, aux) if return_aux else out
 
     def _pairs(
@@ -161,6 +187,7 @@ def checkpoint_filter(state: dict[str, Tensor]) -> dict[str, Tensor]:
 # Configs. small: paper's k_l=5, k_h=3, k_r=20 at a width that keeps <= 1.0 M params and
 # <= 2.0 GMACs (32 -> 128, 3 refs). large: wider, flow-guided RFA. test: tiny, for fast tests.
 SMALL = HIMEConfig(channels=36, deform_groups=4, align="dconv")
+SMALL_FINE = replace(SMALL, fine=True)  # small + reference detail at HR/2 (docs/network.md)
 LARGE = HIMEConfig(channels=64, deform_groups=8, align="dconv_flow", embed_channels=32, flow_channels=24)
 TEST = HIMEConfig(
     channels=8, k_l=1, k_h=1, k_r=2, deform_groups=2, embed_channels=4, flow_channels=4, align="dconv"
@@ -186,6 +213,16 @@ def hime_small_x8(**overrides) -> HIME:
 
 
 @register_model(checkpoint_filter=checkpoint_filter)
+def hime_small_fine_x4(**overrides) -> HIME:
+    return _build(SMALL_FINE, "hime_small_fine_x4", **{"scale": 4, **overrides})
+
+
+@register_model(checkpoint_filter=checkpoint_filter)
+def hime_small_fine_x8(**overrides) -> HIME:
+    return _build(SMALL_FINE, "hime_small_fine_x8", **{"scale": 8, **overrides})
+
+
+@register_model(checkpoint_filter=checkpoint_filter)
 def hime_large_x4(**overrides) -> HIME:
     return _build(LARGE, "hime_large_x4", **{"scale": 4, **overrides})
 
@@ -203,3 +240,8 @@ def hime_test_x4(**overrides) -> HIME:
 @register_model(checkpoint_filter=checkpoint_filter)
 def hime_test_x8(**overrides) -> HIME:
     return _build(TEST, "hime_test_x8", **{"scale": 8, **overrides})
+
+
+@register_model(checkpoint_filter=checkpoint_filter)
+def hime_test_fine_x4(**overrides) -> HIME:
+    return _build(TEST, "hime_test_fine_x4", **{"scale": 4, "fine": True, **overrides})

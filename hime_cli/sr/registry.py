@@ -53,8 +53,17 @@ def split_model_name(name: str) -> tuple[str, str | None]:
     return arch, tag or None
 
 
-def load_state(model: nn.Module, path: str | Path, checkpoint_filter: KeyFilter | None = None) -> nn.Module:
-    """Load a ``.safetensors`` state dict into ``model`` strictly; key mismatches raise ModelError."""
+def load_state(
+    model: nn.Module,
+    path: str | Path,
+    checkpoint_filter: KeyFilter | None = None,
+    allow_missing: tuple[str, ...] = (),
+) -> nn.Module:
+    """Load a ``.safetensors`` state dict into ``model`` strictly; key mismatches raise ModelError.
+
+    ``allow_missing``: key prefixes the file may lack (a fine-tune that adds a zero-initialised
+    branch to released weights, e.g. ``("fine.",)``); those parameters keep their init.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -85,6 +94,8 @@ def load_state(model: nn.Module, path: str | Path, checkpoint_filter: KeyFilter 
         )
     expected = set(model.state_dict())
     missing, unexpected = sorted(expected - set(state)), sorted(set(state) - expected)
+    kept = {key for key in missing if key.startswith(allow_missing)} if allow_missing else set()
+    missing = [key for key in missing if key not in kept]
     if missing or unexpected:
         raise ModelError(
             f"weights {path.name} do not match {type(model).__name__}: "
@@ -92,6 +103,8 @@ def load_state(model: nn.Module, path: str | Path, checkpoint_filter: KeyFilter 
             hint="check that the weight file belongs to this architecture (name and scale)",
         )
     try:
+        if kept:
+            state = {**{key: value for key, value in model.state_dict().items() if key in kept}, **state}
         model.load_state_dict(state, strict=True)
     except RuntimeError as exc:  # shape mismatches
         raise ModelError(f"weights {path.name} do not fit the architecture: {exc}") from exc
@@ -102,12 +115,14 @@ def create_model(
     name: str,
     pretrained: bool = False,
     checkpoint_path: str | Path | None = None,
+    allow_missing: tuple[str, ...] = (),
     **overrides,
 ) -> nn.Module:
     """Build a registered architecture; ``name`` may carry a weight tag (``arch.tag``).
 
     Weights: ``checkpoint_path`` if given, else ``hime_cli.hub.resolve_weights(name)`` when
-    ``pretrained``; otherwise random init. ``overrides`` replace fields of the architecture config.
+    ``pretrained``; otherwise random init. ``overrides`` replace fields of the architecture config;
+    ``allow_missing`` as in :func:`load_state`.
     """
     arch, _ = split_model_name(name)
     if arch not in _MODELS:
@@ -118,5 +133,5 @@ def create_model(
 
         checkpoint_path = resolve_weights(name)
     if checkpoint_path is not None:
-        load_state(model, checkpoint_path, _FILTERS.get(arch))
+        load_state(model, checkpoint_path, _FILTERS.get(arch), allow_missing)
     return model

@@ -75,6 +75,7 @@ def run_training(
     lambda_cor: float | None = None,
     degradation: str = "bicubic",
     self_geometry: dict[str, float] | None = None,
+    train_only: tuple[str, ...] = (),
     log: Callable[[str], None] = print,
     on_step=None,
 ):
@@ -98,6 +99,8 @@ def run_training(
         "val_every": val_every,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
+    if train_only:
+        cfg = replace(cfg, train_only=tuple(train_only))
     if p_self is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_self=p_self))
     if p_similar is not None:
@@ -176,6 +179,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--val-every", type=int)
     p.add_argument("--checkpoint-minutes", type=float, default=10.0)
     p.add_argument(
+        "--train-only",
+        action="append",
+        default=[],
+        metavar="PREFIX",
+        help="train only parameters whose name starts with PREFIX (repeatable), e.g. fine.",
+    )
+    p.add_argument(
         "--degradation", default="bicubic", choices=("bicubic", "real"), help="LR degradation of the samples"
     )
     a = p.parse_args(argv)
@@ -210,6 +220,7 @@ def main(argv: list[str] | None = None) -> None:
             "self_scale": a.self_scale,
             "self_warp": a.self_warp,
         },
+        train_only=tuple(a.train_only),
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
 

@@ -47,6 +47,9 @@ class TrainConfig:
     checkpoint_minutes: float = 10.0
     log_every: int = 100
     val_every: int = 1000
+    # parameter-name prefixes to train, the rest frozen (empty: all). ("fine.",) trains only the
+    # fine reference branch on top of released weights, whose no-reference output stays exact.
+    train_only: tuple[str, ...] = ()
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
@@ -201,17 +204,29 @@ def train(
 
     torch.manual_seed(cfg.seed)
     dev = torch.device(device)
-    model = create_model(cfg.arch, checkpoint_path=init_weights).to(
-        dev
-    )  # fine-tune from init_weights if given
+    # fine-tune from init_weights if given; weights without the zero-initialised fine reference
+    # branch (HIMEConfig.fine) start a fine variant that computes what they computed
+    model = create_model(cfg.arch, checkpoint_path=init_weights, allow_missing=("fine.",)).to(dev)
     scale = int(model.scale)
     if scale != cfg.sampler.scale:
         cfg = TrainConfig(
             **{**asdict(cfg), "sampler": SamplerConfig(**{**asdict(cfg.sampler), "scale": scale})}
         )
-    optimizer = torch.optim.Adam(
-        model.parameters(), lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay
-    )
+    trainable = [
+        param
+        for name, param in model.named_parameters()
+        if not cfg.train_only or name.startswith(tuple(cfg.train_only))
+    ]
+    if not trainable:
+        raise ValueError(f"train_only={cfg.train_only} matches no parameter of {cfg.arch}")
+    if cfg.train_only:
+        keep = {id(param) for param in trainable}
+        for param in model.parameters():
+            param.requires_grad_(id(param) in keep)
+        log(
+            f"training {sum(p.numel() for p in trainable):,} parameters ({', '.join(cfg.train_only)}), the rest frozen"
+        )
+    optimizer = torch.optim.Adam(trainable, lr=cfg.lr, betas=(0.9, 0.99), weight_decay=cfg.weight_decay)
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / CHECKPOINT_NAME
     state = TrainState()
@@ -243,7 +258,7 @@ def train(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
         state.step += 1
         state.elapsed_s = time.time() - t_start

@@ -229,3 +229,77 @@ def test_wrong_flow_shape_raises():
     lr, refs = _inputs(1, 2)
     with pytest.raises(ValueError, match="flows must have shape"):
         model(lr, refs, flows=torch.zeros(1, 2, 2, 4, 4))
+
+
+# ------------------------------------------------------------------ fine reference fusion (HR/2)
+
+
+@pytest.mark.parametrize("name", ["hime_test_x4", "hime_test_x8"])
+def test_fine_branch_starts_as_the_plain_network(name, tmp_path):
+    """Weights without the branch load into a fine model (allow_missing) and give the same output."""
+    from safetensors.torch import save_file
+
+    plain = _model(name)
+    _perturb_zero_inits(plain)
+    path = tmp_path / f"{name}.plain.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(path))
+    fine = create_model(name, checkpoint_path=path, allow_missing=("fine.",), fine=True).eval()
+    lr, refs = _inputs(2, 3, plain.scale)
+    mask = torch.tensor([[True, False, True], [False, False, False]])
+    with torch.no_grad():
+        torch.testing.assert_close(fine(lr, refs, mask), plain(lr, refs, mask), rtol=0, atol=0)
+
+
+def test_fine_weights_missing_other_keys_still_fail(tmp_path):
+    from safetensors.torch import save_file
+
+    from hime_cli.errors import ModelError
+
+    state = _model("hime_test_x8").state_dict()
+    state.pop("reconstructor.tail.bias")
+    path = tmp_path / "hime_test_x8.broken.safetensors"
+    save_file({k: v.contiguous() for k, v in state.items()}, str(path))
+    with pytest.raises(ModelError, match="missing keys"):
+        create_model("hime_test_x8", checkpoint_path=path, allow_missing=("fine.",), fine=True)
+
+
+def test_fine_branch_carries_the_reference_and_ignores_absent_ones():
+    model = _model("hime_test_x8", fine=True)
+    _perturb_zero_inits(model)
+    lr, refs = _inputs(2, 3, 8)
+    garbage = refs.clone()
+    garbage[:, 2] = float("nan")
+    mask = torch.tensor([[True, True, False], [False, False, False]])
+    with torch.no_grad():
+        out = model(lr, garbage, mask)
+        alone = model(lr[1:])
+        first = model(lr[:1], refs[:1, :2])
+        # only the fine branch differs between these two models
+        plain = create_model("hime_test_x8").eval()
+        plain.load_state_dict({k: v for k, v in model.state_dict().items() if not k.startswith("fine.")})
+        without_fine = plain(lr[:1], refs[:1, :2])
+    torch.testing.assert_close(out[:1], first, rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1:], alone, rtol=0, atol=1e-6)  # no reference: nothing added
+    assert (first - without_fine).abs().max() > 1e-4  # the branch changes the output
+
+
+def test_fine_branch_gradients_and_config():
+    model = _model("hime_test_x8", fine=True).train()
+    _perturb_zero_inits(model)
+    lr, refs = _inputs(2, 2, 8)
+    model(lr, refs).square().mean().backward()
+    dead = [n for n, p in model.named_parameters() if n.startswith("fine.") and not p.grad.abs().sum() > 0]
+    assert not dead, dead
+    with pytest.raises(ValueError, match="scale 4 or 8"):
+        HIMEConfig(scale=2, fine=True)
+
+
+def test_small_fine_x8_budget():
+    model = create_model("hime_small_fine_x8").eval()
+    plain = create_model("hime_small_x8").eval()
+    lr, refs = torch.rand(1, 3, 16, 16), torch.rand(1, 3, 3, 128, 128)
+    fine, base = count_complexity(model, lr, refs), count_complexity(plain, lr, refs)
+    assert fine.params <= 1_000_000
+    assert fine.params - base.params < 40_000
+    assert fine.gmacs <= 2.0  # the small variant's budget (3 references)
+    assert fine.gmacs - base.gmacs < 0.2  # 3 references at 64 px, and the fuse convs

@@ -27,6 +27,9 @@ def test_list_models_has_every_architecture():
         "hime_large_x8",
         "hime_test_x4",
         "hime_test_x8",
+        "hime_small_fine_x4",
+        "hime_small_fine_x8",
+        "hime_test_fine_x4",
     ]:
         assert name in names
 

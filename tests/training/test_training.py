@@ -368,3 +368,35 @@ def test_prepared_crops_are_the_same_on_the_first_run_and_from_the_cache(
     again = load_or_prepare(folder, log=lambda s: None)
     assert len(calls) == 1  # the second run reads the cache, it does not prepare again
     assert np.array_equal(first.crops, again.crops)
+
+
+def test_train_only_freezes_everything_else(tmp_path: Path) -> None:
+    """--train-only fine.: a fine model fine-tuned from plain weights; only the branch moves."""
+    from safetensors.torch import save_file
+
+    from hime_cli.sr.registry import create_model
+
+    torch.manual_seed(3)
+    plain = create_model("hime_test_x4")
+    init = tmp_path / "hime_test_x4.plain.safetensors"
+    save_file({k: v.contiguous() for k, v in plain.state_dict().items()}, str(init))
+    cs = synthetic_crops()
+    cfg = TrainConfig(
+        arch="hime_test_x4",
+        batch=2,
+        steps=3,
+        log_every=1,
+        val_every=100,
+        warmup_steps=1,
+        train_only=("fine.",),
+    )
+    with pytest.raises(ValueError, match="matches no parameter"):
+        train(cfg, cs, tmp_path / "none", init_weights=init)  # hime_test_x4 has no fine branch
+    cfg = TrainConfig(**{**cfg.__dict__, "arch": "hime_test_fine_x4"})
+    model, state = train(cfg, cs, tmp_path / "run", init_weights=init)
+    assert state.step == 3
+    after = model.state_dict()
+    for key, value in plain.state_dict().items():
+        assert torch.equal(after[key], value), key
+    moved = [k for k, v in after.items() if k.startswith("fine.") and v.abs().sum() > 0]
+    assert "fine.fuse.2.weight" in moved  # the zero-initialised output conv has started to learn
