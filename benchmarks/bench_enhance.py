@@ -16,9 +16,10 @@ What it does (in a temporary HIME_HOME, so your index is untouched):
 5. reports, per enhanced face, the PSNR of the face box against the original, hime vs Lanczos.
 
 ``--sweep`` measures the gain over Lanczos as a function of the input face size (detection box
-side): faces of at least 4 × t px in the original (searched in all of ``--data``'s photos) are
-shrunk so that the face is t px, enhanced ×4 with the other photos of the person as ``--refs``
-(``--max-face`` lifted), and compared on the face box with the original shrunk to 4 t px.
+side): faces of at least s × t px in the original (searched in all of ``--data``'s photos) are
+shrunk so that the face is t px, enhanced ×s (``--sweep-scale``: 4, or 8) with the other photos of
+the person as ``--refs`` (``--max-face`` lifted), and compared on the face box with the original
+shrunk to s t px.
 """
 
 from __future__ import annotations
@@ -68,13 +69,13 @@ def pick_photos(data: Path, n_photos: int, per_identity: int) -> list[tuple[Path
     return picked
 
 
-def downscale(photo: Path, dest: Path, factor: float) -> tuple[np.ndarray, np.ndarray]:
-    """Save ``photo`` shrunk by ``factor`` (antialiased bicubic, JPEG q95); (small, its float pixels)."""
+def downscale(photo: Path, dest: Path, factor: float, quality: int = 95) -> tuple[np.ndarray, np.ndarray]:
+    """Save ``photo`` shrunk by ``factor`` (antialiased bicubic, JPEG ``quality``); (small, its float pixels)."""
     from hime_cli.library.reader import load_image
 
     rgb = load_image(photo).rgb_uint8()
     w, h = max(1, round(rgb.shape[1] / factor)), max(1, round(rgb.shape[0] / factor))
-    Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC).save(dest, quality=95)
+    Image.fromarray(rgb).resize((w, h), Image.Resampling.BICUBIC).save(dest, quality=quality)
     return rgb, np.asarray(Image.open(dest).convert("RGB"), np.float32) / 255
 
 
@@ -140,6 +141,18 @@ def main() -> int:
     parser.add_argument("--sweep-faces", type=int, default=12, help="faces per size in the sweep")
     parser.add_argument("--sweep-photos", type=int, default=None, help="photos searched for sweep faces")
     parser.add_argument("--sweep-only", action="store_true", help="skip the timing runs, only sweep")
+    parser.add_argument(
+        "--sweep-scale", type=int, default=4, choices=(4, 8), help="output scale of the sweep"
+    )
+    parser.add_argument("--sweep-quality", type=int, default=95, help="JPEG quality of the shrunk photos")
+    parser.add_argument(
+        "--sweep-sizes", type=int, nargs="+", help=f"input face sizes (default {SWEEP_SIZES})"
+    )
+    parser.add_argument(
+        "--sweep-via-x4",
+        action="store_true",
+        help="with --sweep-scale 8: also score enhance ×4 followed by a ×2 Lanczos resize",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -256,24 +269,28 @@ def sweep_candidates(data: Path, limit: int | None) -> list[tuple[Path, object]]
 def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
     """Mean PSNR gain over Lanczos on the face box vs input face size (``--refs`` = other photos).
 
-    For each size t, up to ``--sweep-faces`` faces of at least 4 t px, one per identity first (then
-    more per identity), so a few people with many large faces do not dominate.
+    For each size t, up to ``--sweep-faces`` faces of at least s·t px (s = ``--sweep-scale``, 4 or
+    8), one per identity first (then more per identity), so a few people with many large faces do
+    not dominate.
     """
     from hime_cli.pipeline import EnhanceOptions, enhance
 
+    scale = args.sweep_scale
+    via_x4 = bool(getattr(args, "sweep_via_x4", False)) and scale == 8
     candidates = sweep_candidates(args.data, args.sweep_photos)
     print(f"sweep: {len(candidates)} photos with a face; largest {candidates[0][1].size:.0f} px" if candidates
           else "sweep: no faces", file=sys.stderr, flush=True)  # fmt: skip
     rows = []
-    for size in SWEEP_SIZES:
-        eligible = [(photo, face) for photo, face in candidates if face.size >= 4 * size]
+    for size in args.sweep_sizes or SWEEP_SIZES:
+        eligible = [(photo, face) for photo, face in candidates if face.size >= scale * size]
         seen: set[str] = set()
         firsts, rest = [], []
         for photo, face in eligible:
             (rest if photo.parent.name in seen else firsts).append((photo, face))
             seen.add(photo.parent.name)
         ordered = firsts + rest
-        gains = []
+        gains: list[float] = []
+        via_x4_gains: list[float] = []
         for k, (photo, face) in enumerate(ordered):
             if len(gains) >= args.sweep_faces:
                 break
@@ -285,11 +302,11 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
                         (refs / other.name).symlink_to(other)
             folder = work / "sweep" / f"{size}_{k}"
             folder.mkdir(parents=True)
-            original, small = downscale(photo, folder / "small.jpg", face.size / size)
+            original, small = downscale(photo, folder / "small.jpg", face.size / size, args.sweep_quality)
             report = enhance(
                 [folder / "small.jpg"],
                 EnhanceOptions(
-                    scale=4,
+                    scale=scale,
                     refs_dir=refs,
                     out_dir=folder / "out",
                     max_face=1e9,
@@ -302,13 +319,42 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
             enhanced = [f for f in p.faces if f.status == "enhanced"]
             if p.status != "done" or not enhanced:
                 continue
-            ours, lanczos = face_psnrs(original, small, folder / "out" / "small.jpg", enhanced[0].box, 4)
+            ours, lanczos = face_psnrs(original, small, folder / "out" / "small.jpg", enhanced[0].box, scale)
             gains.append(ours - lanczos)
+            if via_x4:
+                via_x4_gains.append(
+                    _via_x4_gain(folder, refs, original, small, enhanced[0].box, args) - lanczos
+                )
         if gains:
             rows.append({"size": size, "faces": len(gains), "mean_gain_db": round(float(np.mean(gains)), 3),
                          "min_gain_db": round(float(np.min(gains)), 3)})  # fmt: skip
+            if via_x4_gains:
+                rows[-1]["via_x4_mean_gain_db"] = round(float(np.mean(via_x4_gains)), 3)
+                rows[-1]["via_x4_min_gain_db"] = round(float(np.min(via_x4_gains)), 3)
             print(f"sweep: {size} px → {rows[-1]}", file=sys.stderr, flush=True)
     return rows
+
+
+def _via_x4_gain(folder: Path, refs: Path, original: np.ndarray, small: np.ndarray, box, args) -> float:
+    """PSNR on the face box of ``enhance --scale 4`` then a ×2 Lanczos resize (a ×8 output)."""
+    import cv2
+
+    from hime_cli.pipeline import EnhanceOptions, enhance
+    from hime_cli.sr.pasteback import upscale_photo
+
+    out_dir = folder / "out_x4"
+    enhance(
+        [folder / "small.jpg"],
+        EnhanceOptions(scale=4, refs_dir=refs, out_dir=out_dir, max_face=1e9, min_score=0.0,
+                       weights=None, device=args.device),
+    )  # fmt: skip
+    x4 = np.asarray(Image.open(out_dir / "small.jpg").convert("RGB"), np.float32) / 255
+    out = upscale_photo(x4, 2)
+    h, w = out.shape[:2]
+    truth = cv2.resize(original.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_AREA)
+    x0, y0, x1, y1 = (int(round(v * 8)) for v in box)
+    region = (slice(max(0, y0), y1), slice(max(0, x0), x1))
+    return psnr(out[region], truth[region])
 
 
 if __name__ == "__main__":
