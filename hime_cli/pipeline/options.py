@@ -32,8 +32,9 @@ DEFAULT_MAX_REFS = 3
 # Measured at ×4 (benchmarks/bench_enhance.py --sweep, docs/enhance.md): the gain over Lanczos on
 # the face box falls from +1.39 dB at 32 px faces to +0.40 dB at 96 px, the largest size the dev
 # photos can give a ground truth for; beyond it nothing shows that HIME helps, and the SR cost grows
-# with the face's area. ×2 runs the same ×4 model on the same input faces: the same limit. The ×8
-# model is trained on 16 px faces, half the ×4 model's: half the limit. --scale 1 (restore at native
+# with the face's area. ×2 runs the same ×4 model on the same input faces: the same limit. ×8 runs the
+# ×4 model too (sr.inference.default_weights_name); its gain is measured positive up to 48 px faces,
+# the largest a ×8 ground truth exists for: half the limit. --scale 1 (restore at native
 # size, benchmarks/restore_native.py, docs/enhance.md): on dev photos re-saved as JPEG q50 faces of
 # boxes up to 160 px (regions 74-206 px) gain +0.53 to +1.34 dB on average, blurred ones neither
 # gain nor lose (-0.06 to +0.12 dB); beyond 160 px nothing was measured.

@@ -120,7 +120,11 @@ class Enhancer:
         folder.mkdir(parents=True, exist_ok=True)
 
     def _model_scale(self) -> int:
-        return self.model.scale if self.model else (8 if self.options.scale == 8 else 4)
+        if self.model:
+            return self.model.scale
+        # --dry-run loads no model: every scale uses the ×4 one unless --weights names a ×8 model
+        weights = str(self.options.weights or "")
+        return 8 if self.options.scale == 8 and "_x8" in Path(weights).name else 4
 
     def _stage(self, name: str, stage: str | None = None) -> None:
         self._emit(message=name, stage=stage or name)

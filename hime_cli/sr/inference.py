@@ -162,8 +162,17 @@ class FaceSuperResolver:
 
 
 def default_weights_name(scale: int) -> str:
-    """Registry name of the released model for an output scale (×2 uses the ×4 model)."""
-    return "hime_small_x8" if scale == 8 else "hime_small_x4"
+    """Registry name of the model ``enhance`` uses for an output scale: the ×4 model at every scale.
+
+    ×2 and ×8 resample its ``4L`` px output to ``2L`` / ``8L``. At ×8 that beats the ×8 model
+    (``--weights hime_small_x8`` still picks it) at every face size measured: face-box gain over
+    Lanczos ×8 on celeba-wild dev photos shrunk and saved at JPEG q95 (``benchmarks/bench_enhance.py
+    --sweep-only --sweep-scale 8``, 12 faces per size), ×8 model +0.99 / +0.41 / +0.11 / −0.15 dB
+    at 16 / 24 / 32 / 40 px faces, ×4 model +1.52 / +1.57 / +1.57 / +1.24 dB; at q75 +0.94 / +0.48 /
+    +0.40 / +0.29 against +1.35 / +1.76 / +1.50 / +1.25 (docs/enhance.md, "Scales").
+    """
+    del scale  # every scale; kept so callers say which output they want
+    return "hime_small_x4"
 
 
 def load_super_resolver(
@@ -175,20 +184,14 @@ def load_super_resolver(
     """Build the model for ``--weights NAME|PATH`` (or the default for ``scale``) and wrap it.
 
     Missing weights are a :class:`ModelError` naming the command that fetches them; ``--scale 8``
-    without ×8 weights falls back to the ×4 model (its output resampled), with a warning.
+    (like every scale) uses the ×4 model unless ``weights`` names another (see
+    :func:`default_weights_name`).
     """
     from hime_cli.sr.registry import create_model
 
     resolved = resolve_device(device)
     name = weights or default_weights_name(scale)
-    try:
-        model, label = _build(name, create_model)
-    except ModelError:
-        if weights is None and scale == 8:
-            log.warning("no ×8 weights available; using the ×4 model and resampling its output ×2")
-            model, label = _build(default_weights_name(4), create_model)
-        else:
-            raise
+    model, label = _build(name, create_model)
     return FaceSuperResolver(model, resolved, batch_pixels, label)
 
 
