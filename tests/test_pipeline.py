@@ -567,3 +567,15 @@ def test_real_photos_with_scanned_identities_never_use_the_photo_itself(
     print(f"index mode: {with_refs}/{len(gains)} photos with exemplars; mean gain {np.mean(gains):+.2f} dB")
     assert with_refs >= len(gains) - 1
     assert min(gains) > 0, gains
+
+
+def test_settings_key_follows_the_default_model(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A photo enhanced by an earlier default model is not 'already enhanced' once it changes."""
+    import hime_cli.sr.inference as inference
+    from hime_cli.pipeline.options import EnhanceOptions
+
+    default, pinned = EnhanceOptions(scale=8), EnhanceOptions(scale=8, weights="hime_small_x4")
+    before = default.settings_key(), pinned.settings_key()
+    monkeypatch.setattr(inference, "default_weights_name", lambda scale: "hime_small_x8")
+    assert default.settings_key() != before[0]
+    assert pinned.settings_key() == before[1]  # --weights given: what was typed is the model

@@ -158,10 +158,26 @@ class EnhanceOptions:
             "refs": refs,
             "all_faces": self.all_faces,
             "hr_size": self.hr_size,
-            "weights": self.weights,
+            # the weights the run will use, not only what was typed: a photo enhanced with an
+            # earlier default model is not "already enhanced" once the default changes
+            "weights": self.weights or _default_weights_key(self.scale),
             "paste": asdict(self.paste),
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _default_weights_key(scale: int) -> str:
+    """The registry entry (name and sha256) that enhance's default model resolves to for ``scale``."""
+    from hime_cli.errors import ModelError
+    from hime_cli.hub import find_entry
+    from hime_cli.sr.inference import default_weights_name
+
+    name = default_weights_name(scale)
+    try:
+        entry = find_entry(name)
+    except ModelError:  # no registry entry: the name is all there is
+        return name
+    return f"{entry.name}:{entry.sha256}"
 
 
 # ---------------------------------------------------------------------------------- reports
