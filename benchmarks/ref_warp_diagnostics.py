@@ -130,15 +130,15 @@ def main() -> int:
                     down, scale_factor=scale, mode="bicubic", align_corners=False
                 )
                 row[f"{label}_lr_match"] = score(
-                    lr, warp_refs(up, refs, mask, again.clamp(0, 1).view_as(refs))[0]
+                    model, hr, mask, lr, warp_refs(up, refs, mask, again.clamp(0, 1).view_as(refs))[0]
                 )
                 for sigma in (2.0, 4.0):
                     blurred = blur(flat, sigma).view_as(refs)
                     row[f"{label}_oracle_blur{sigma:g}"] = score(
-                        lr, warp_refs(blur(hr, sigma), refs, mask, blurred)[0]
+                        model, hr, mask, lr, warp_refs(blur(hr, sigma), refs, mask, blurred)[0]
                     )
                     row[f"{label}_sr_blur{sigma:g}"] = score(
-                        lr, warp_refs(blur(first, sigma), refs, mask, blurred)[0]
+                        model, hr, mask, lr, warp_refs(blur(first, sigma), refs, mask, blurred)[0]
                     )
         results[spec] = row
         if not args.json:
