@@ -83,19 +83,25 @@ def face_psnrs(
     original: np.ndarray, small: np.ndarray, enhanced: Path, box_small, scale: int
 ) -> tuple[float, float]:
     """(hime, lanczos) PSNR on the face box; the original is resized to the output size (area)."""
-    import cv2
-
     from hime_cli.sr.pasteback import upscale_photo
 
     out = np.asarray(Image.open(enhanced).convert("RGB"), np.float32) / 255
+    return box_psnr(out, original, box_small, scale), box_psnr(
+        upscale_photo(small, scale), original, box_small, scale
+    )
+
+
+def box_psnr(out: np.ndarray, original: np.ndarray, box_small, scale: int) -> float:
+    """PSNR of ``out`` (the small photo ×scale) on the face box, against the original resized to it (area)."""
+    import cv2
+
     h, w = out.shape[:2]
     truth = original.astype(np.float32) / 255
     if truth.shape[:2] != (h, w):
         truth = cv2.resize(truth, (w, h), interpolation=cv2.INTER_AREA)
-    lanczos = upscale_photo(small, scale)
     x0, y0, x1, y1 = (int(round(v * scale)) for v in box_small)
     region = (slice(max(0, y0), y1), slice(max(0, x0), x1))
-    return psnr(out[region], truth[region]), psnr(lanczos[region], truth[region])
+    return psnr(out[region], truth[region])
 
 
 def bench_sr(weights: str | None, device: str, threads: int, batch: int = 16, refs: int = 3) -> dict:
@@ -322,9 +328,7 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
             ours, lanczos = face_psnrs(original, small, folder / "out" / "small.jpg", enhanced[0].box, scale)
             gains.append(ours - lanczos)
             if via_x4:
-                via_x4_gains.append(
-                    _via_x4_gain(folder, refs, original, small, enhanced[0].box, args) - lanczos
-                )
+                via_x4_gains.append(_via_x4_gain(folder, refs, original, enhanced[0].box, args) - lanczos)
         if gains:
             rows.append({"size": size, "faces": len(gains), "mean_gain_db": round(float(np.mean(gains)), 3),
                          "min_gain_db": round(float(np.min(gains)), 3)})  # fmt: skip
@@ -335,10 +339,8 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
     return rows
 
 
-def _via_x4_gain(folder: Path, refs: Path, original: np.ndarray, small: np.ndarray, box, args) -> float:
+def _via_x4_gain(folder: Path, refs: Path, original: np.ndarray, box, args) -> float:
     """PSNR on the face box of ``enhance --scale 4`` then a ×2 Lanczos resize (a ×8 output)."""
-    import cv2
-
     from hime_cli.pipeline import EnhanceOptions, enhance
     from hime_cli.sr.pasteback import upscale_photo
 
@@ -349,12 +351,7 @@ def _via_x4_gain(folder: Path, refs: Path, original: np.ndarray, small: np.ndarr
                        weights=None, device=args.device),
     )  # fmt: skip
     x4 = np.asarray(Image.open(out_dir / "small.jpg").convert("RGB"), np.float32) / 255
-    out = upscale_photo(x4, 2)
-    h, w = out.shape[:2]
-    truth = cv2.resize(original.astype(np.float32) / 255, (w, h), interpolation=cv2.INTER_AREA)
-    x0, y0, x1, y1 = (int(round(v * 8)) for v in box)
-    region = (slice(max(0, y0), y1), slice(max(0, x0), x1))
-    return psnr(out[region], truth[region])
+    return box_psnr(upscale_photo(x4, 2), original, box, 8)
 
 
 if __name__ == "__main__":

@@ -343,11 +343,9 @@ class Reconstructor(nn.Module):
     def forward(self, fused: Tensor, inject: Callable[[Tensor], Tensor] | None = None) -> Tensor:
         """``inject`` (the fine reference fusion) runs on the features after the last-but-one stage."""
         x = fused + self.body_conv(self.body(fused))
-        if inject is None:
-            return self.tail(self.upsample(x))
-        stages = len(self.upsample) // 3
+        stages = len(self.upsample) // 3  # conv, PixelShuffle, LeakyReLU per stage
         for stage in range(stages):
             x = self.upsample[3 * stage + 2](self.upsample[3 * stage + 1](self.upsample[3 * stage](x)))
-            if stage == stages - 2:
+            if inject is not None and stage == stages - 2:
                 x = inject(x)
         return self.tail(x)
