@@ -80,6 +80,7 @@ def eval_cmd(
     result = {**result, "weights": label, "params": params, "gmacs": gmacs}
     order = [
         "scale",
+        "model_scale",
         "lr_size",
         "degradation",
         "seed",
@@ -95,8 +96,9 @@ def eval_cmd(
     if json_out:
         print_json(result)
         return
+    via = f", ×{result['model_scale']} network resampled" if result.get("model_scale", scale) != scale else ""
     table = Table(
-        title=f"×{scale} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
+        title=f"×{scale}{via} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
     )
     for col in ("method", "PSNR (dB)", "SSIM", "id dist", "ms/face"):
         table.add_column(col, justify="right" if col != "method" else "left")
@@ -109,4 +111,6 @@ def eval_cmd(
             f"{m['ms_per_face']:.1f}" if "ms_per_face" in m else "-",
         )
     out.print(table)
-    out.print(f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['lr_size']}→128 with {refs} refs")
+    out.print(
+        f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['lr_size']}→{result['lr_size'] * int(model.scale)} with {refs} refs"
+    )

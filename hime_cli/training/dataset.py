@@ -44,6 +44,23 @@ def bicubic_downsample(hr: Tensor, scale: int) -> Tensor:
     ).clamp(0, 1)
 
 
+def shrink_refs(refs: Tensor, factor: int) -> Tensor:
+    """(B, N, 3, H, W) references → (B, N, 3, H/factor, W/factor), antialiased bicubic (absent ones stay zero)."""
+    if factor == 1:
+        return refs
+    b, n = refs.shape[:2]
+    small = bicubic_downsample(refs.flatten(0, 1), factor)
+    return small.view(b, n, *small.shape[1:])
+
+
+def to_target_size(out: Tensor, size: int) -> Tensor:
+    """A network output resampled to the ``size`` px target (bicubic), when the network's zoom is
+    smaller than the task's (the ×4 network at ×8); unchanged when it already has that size."""
+    if out.shape[-1] == size and out.shape[-2] == size:
+        return out
+    return F.interpolate(out, size=(size, size), mode="bicubic", align_corners=False)
+
+
 @dataclass(frozen=True)
 class SamplerConfig:
     scale: int = 4
@@ -72,11 +89,27 @@ class SamplerConfig:
     # LR degradation: None = the paper's clean bicubic shrink; a DegradationConfig = the `real`
     # model of :mod:`hime_cli.training.degradation` (blur, kernels, noise, JPEG).
     degradation: DegradationConfig | None = None
+    # Train the ×``scale`` network for a larger zoom (``hime enhance --scale 8`` runs the ×4
+    # network and resamples its output ×2): the LR input is the whole face shrunk by
+    # ``face_scale`` (16 px at 8), the references are shrunk by ``face_scale / scale`` (64 px,
+    # what enhance crops them at), and the target stays the 128 px HR face, which the trainer
+    # compares with the output resampled to its size (:func:`to_target_size`). None = ``scale``.
+    face_scale: int | None = None
 
     def __post_init__(self) -> None:
         # A config read back from a checkpoint's JSON holds the degradation as a dict.
         if isinstance(self.degradation, dict):
             object.__setattr__(self, "degradation", DegradationConfig(**self.degradation))
+        if self.face_scale is not None and self.face_scale != self.scale:
+            if self.face_scale % self.scale or HR_SIZE % self.face_scale:
+                raise ValueError(f"face_scale {self.face_scale} must be a multiple of scale {self.scale}")
+            if self.patch and self.patch < HR_SIZE:
+                raise ValueError("face_scale trains on whole faces: leave patch unset")
+
+    @property
+    def input_scale(self) -> int:
+        """How much smaller than the HR target the LR input is."""
+        return self.face_scale or self.scale
 
 
 class CropSampler:
@@ -100,7 +133,7 @@ class CropSampler:
         # Targets need at least one other photo of their identity to draw references from.
         self.targets = np.asarray([i for i, k in enumerate(self.identity) if len(self.members[int(k)]) >= 2])
         self.identities = np.asarray(sorted(self.members))
-        self.similar = similar_members(crops, config.scale) if config.p_similar > 0 else {}
+        self.similar = similar_members(crops, config.input_scale) if config.p_similar > 0 else {}
 
     def _theta(self, n: int, rot_deg: float, shift: float, scale_jitter: float, zoom: np.ndarray) -> Tensor:
         """affine_grid matrices (n, 2, 3): output canonical crop → stored crop, normalised coords."""
@@ -230,9 +263,11 @@ class CropSampler:
             refs[rows_t, 0] = self._relight(refs[rows_t, 0])
         refs = refs * torch.from_numpy(mask).to(self.device)[..., None, None, None]  # absent refs are zeros
         if cfg.degradation is not None:
-            lr = degrade(hr, cfg.scale, self.rng, cfg.degradation)
+            lr = degrade(hr, cfg.input_scale, self.rng, cfg.degradation)
         else:
-            lr = bicubic_downsample(hr, cfg.scale)
+            lr = bicubic_downsample(hr, cfg.input_scale)
+        if cfg.input_scale != cfg.scale:
+            refs = shrink_refs(refs, cfg.input_scale // cfg.scale)
         if cfg.patch and cfg.patch < HR_SIZE:
             # The same window of the target and of its (aligned) references: a 4x cheaper step
             # at patch 64 that still teaches local alignment and transfer. LR is cut from the
@@ -312,5 +347,7 @@ __all__ = [
     "canonical_view",
     "lr_appearance_vectors",
     "math",
+    "shrink_refs",
     "similar_members",
+    "to_target_size",
 ]

@@ -30,6 +30,8 @@ from hime_cli.training.dataset import (
     bicubic_downsample,
     canonical_view,
     lr_appearance_vectors,
+    shrink_refs,
+    to_target_size,
 )
 from hime_cli.training.degradation import EVAL_CONFIG, PROTOCOLS, degrade_fixed
 from hime_cli.training.metrics import psnr, ssim
@@ -171,8 +173,13 @@ def evaluate(
     degradation: str = "bicubic",
     seed: int = 0,
 ) -> dict:
-    """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info)."""
+    """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info).
+
+    A network of a smaller zoom than ``scale`` (the ×4 network at ×8, as ``hime enhance --scale 8``
+    runs it) gets its references shrunk by ``scale / model.scale`` and its output resampled to the
+    128 px crop (bicubic) before it is scored."""
     hr_all = canonical_view(crops)
+    factor = 1 if model is None else scale // int(model.scale)
     lr_all = degraded_inputs(hr_all, scale, degradation, seed)
     queries = lr_appearance_vectors(lr_all) if degradation != "bicubic" else None
     plan = make_plan(crops, n_refs, limit, seed=seed, scale=scale, hr=hr_all, query_vectors=queries)
@@ -203,9 +210,10 @@ def evaluate(
                     refs = (
                         hr_all[np.where(mask_np, rows, 0)] * torch.from_numpy(mask_np)[..., None, None, None]
                     )
+                    refs = shrink_refs(refs, factor)
                     refs, mask = refs.to(device), torch.from_numpy(mask_np).to(device)
                 with torch.inference_mode():
-                    out = model(lr.to(device), refs, mask).float().cpu()
+                    out = to_target_size(model(lr.to(device), refs, mask).float().cpu(), HR_SIZE)
             elapsed = time.perf_counter() - t0
             out = out.clamp(0, 1)
             s = sums[method]
@@ -219,6 +227,7 @@ def evaluate(
             progress(done, n)
     result = {
         "scale": scale,
+        "model_scale": scale // factor,
         "lr_size": HR_SIZE // scale,
         "faces": n,
         "identities": int(len(np.unique(crops.identity[plan.targets]))) if n else 0,
@@ -252,10 +261,13 @@ def degraded_inputs(
 
 
 def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") -> tuple[torch.nn.Module, str]:
-    """Resolve ``--weights NAME|PATH`` (default: the registry's default small weight for the scale)."""
+    """Resolve ``--weights NAME|PATH`` (default: the model ``hime enhance`` uses at ``scale``,
+    :func:`hime_cli.sr.inference.default_weights_name`). A network whose zoom divides ``scale``
+    (×4 at ×8) is evaluated as enhance runs it: output resampled (see :func:`evaluate`)."""
+    from hime_cli.sr.inference import default_weights_name
     from hime_cli.sr.registry import create_model
 
-    name = weights or f"hime_small_x{scale}"
+    name = weights or default_weights_name(scale)
     path = Path(name)
     if path.suffix == ".safetensors" and path.exists():
         from safetensors import safe_open
@@ -267,7 +279,7 @@ def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") ->
     else:
         model = create_model(name, pretrained=True)  # "arch" or "arch.tag", resolved by the hub
         label = name
-    if int(model.scale) != scale:
+    if int(model.scale) > scale or scale % int(model.scale):
         from hime_cli.errors import UsageError
 
         raise UsageError(
@@ -282,9 +294,10 @@ def params_and_gmacs(model: torch.nn.Module, scale: int, n_refs: int = 3) -> tup
         from hime_cli.sr.complexity import count_complexity
 
         lr_size = HR_SIZE // scale
+        ref_size = lr_size * int(model.scale)
         p = next(model.parameters())
         lr = torch.rand(1, 3, lr_size, lr_size, device=p.device)
-        refs = torch.rand(1, n_refs, 3, HR_SIZE, HR_SIZE, device=p.device)
+        refs = torch.rand(1, n_refs, 3, ref_size, ref_size, device=p.device)
         return params, round(count_complexity(model, lr, refs).gmacs, 3)
     except Exception:  # complexity counting is informative, never fatal
         return params, None

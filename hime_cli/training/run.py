@@ -69,6 +69,7 @@ def run_training(
     p_self: float | None = None,
     p_similar: float | None = None,
     patch: int | None = None,
+    face_scale: int | None = None,
     warmup_steps: int | None = None,
     val_every: int | None = None,
     checkpoint_minutes: float = 10.0,
@@ -107,6 +108,8 @@ def run_training(
         cfg = replace(cfg, sampler=replace(cfg.sampler, p_similar=p_similar))
     if patch is not None:
         cfg = replace(cfg, sampler=replace(cfg.sampler, patch=patch))
+    if face_scale is not None:
+        cfg = replace(cfg, sampler=replace(cfg.sampler, face_scale=face_scale))
     geometry = {k: v for k, v in (self_geometry or {}).items() if v is not None}
     unknown = set(geometry) - {"self_rot_deg", "self_shift", "self_scale", "self_warp"}
     if unknown:
@@ -170,6 +173,11 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--p-self", type=float)
     p.add_argument("--p-similar", type=float, help="share of true references picked by appearance")
     p.add_argument("--patch", type=int, help="train on random HR patches of this size")
+    p.add_argument(
+        "--face-scale",
+        type=int,
+        help="train the network for this larger zoom: whole faces shrunk by it, output resampled (×4 network at 8)",
+    )
     p.add_argument("--self-rot", type=float, help="self-reference rotation jitter, degrees (default 1.5)")
     p.add_argument("--self-shift", type=float, help="self-reference shift, fraction of the half-size (0.02)")
     p.add_argument("--self-scale", type=float, help="self-reference scale jitter (default 0)")
@@ -211,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
         p_self=a.p_self,
         p_similar=a.p_similar,
         patch=a.patch,
+        face_scale=a.face_scale,
         warmup_steps=a.warmup_steps,
         val_every=a.val_every,
         degradation=a.degradation,

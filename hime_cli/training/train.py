@@ -22,7 +22,9 @@ from hime_cli.training.dataset import (
     SamplerConfig,
     bicubic_downsample,
     canonical_view,
+    shrink_refs,
     similar_members,
+    to_target_size,
 )
 from hime_cli.training.metrics import psnr
 from hime_cli.training.prepare import CropSet
@@ -128,9 +130,21 @@ class Validator:
     """Fixed validation batch (no jitter): PSNR of bicubic, HIME with random and with appearance-picked true references, blank, and self."""
 
     def __init__(
-        self, crops: CropSet, scale: int, device: torch.device, n: int = 64, refs: int = 3, seed: int = 123
+        self,
+        crops: CropSet,
+        scale: int,
+        device: torch.device,
+        n: int = 64,
+        refs: int = 3,
+        seed: int = 123,
+        face_scale: int | None = None,
     ) -> None:
+        """``face_scale``: the task's zoom when larger than the network's ``scale`` (the ×4 network
+        at ×8: LR inputs shrunk by 8, references by 2, outputs resampled to 128 px before scoring)."""
         import numpy as np
+
+        zoom = face_scale or scale
+        factor = zoom // scale
 
         hr = canonical_view(crops)
         rng = np.random.default_rng(seed)
@@ -144,36 +158,44 @@ class Validator:
             ref_idx[row, :k] = rng.choice(own, k, replace=False)
         mask = torch.from_numpy(ref_idx >= 0)
         self.hr = hr[pick].to(device)
-        self.refs = (hr[np.maximum(ref_idx, 0)] * mask[..., None, None, None]).to(device)
+        self.refs = shrink_refs(hr[np.maximum(ref_idx, 0)] * mask[..., None, None, None], factor).to(device)
         # The same faces with references picked by appearance, as enhance and eval pick them.
-        similar = similar_members(crops, scale, hr)
+        similar = similar_members(crops, zoom, hr)
         chosen = np.full((len(pick), refs), -1)
         for row, i in enumerate(pick):
             best = similar[int(i)][:refs]
             chosen[row, : len(best)] = best
         chosen_mask = torch.from_numpy(chosen >= 0)
-        self.chosen = (hr[np.maximum(chosen, 0)] * chosen_mask[..., None, None, None]).to(device)
+        self.chosen = shrink_refs(hr[np.maximum(chosen, 0)] * chosen_mask[..., None, None, None], factor).to(
+            device
+        )
         self.chosen_mask = chosen_mask.to(device)
-        self.lr = bicubic_downsample(self.hr, scale)
+        self.own = shrink_refs(self.hr[:, None], factor)
+        self.lr = bicubic_downsample(self.hr, zoom)
         # The same faces under the `real` degradation (fixed seed), as `hime eval --degradation real`.
         from hime_cli.training.degradation import EVAL_CONFIG, degrade_fixed
 
-        self.lr_real = degrade_fixed(self.hr.cpu(), scale, pick, seed=seed, cfg=EVAL_CONFIG).to(device)
+        self.lr_real = degrade_fixed(self.hr.cpu(), zoom, pick, seed=seed, cfg=EVAL_CONFIG).to(device)
         self.mask = mask.to(device)
-        up = torch.nn.functional.interpolate(self.lr, scale_factor=scale, mode="bicubic", align_corners=False)
+        up = torch.nn.functional.interpolate(self.lr, scale_factor=zoom, mode="bicubic", align_corners=False)
         self.bicubic = float(psnr(up, self.hr).mean())
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
         model.eval()
-        with_refs = float(psnr(model(self.lr, self.refs, self.mask), self.hr).mean())
-        chosen = float(psnr(model(self.lr, self.chosen, self.chosen_mask), self.hr).mean())
-        blank = float(psnr(model(self.lr), self.hr).mean())
+        size = self.hr.shape[-1]
+
+        def score(*args) -> float:
+            return float(psnr(to_target_size(model(*args), size), self.hr).mean())
+
+        with_refs = score(self.lr, self.refs, self.mask)
+        chosen = score(self.lr, self.chosen, self.chosen_mask)
+        blank = score(self.lr)
         # An oracle: the target itself as the only reference. Far above psnr_blank once the
         # reference path works; equal to it while the network ignores its references.
-        own = float(psnr(model(self.lr, self.hr[:, None], torch.ones_like(self.mask[:, :1])), self.hr).mean())
-        real_chosen = float(psnr(model(self.lr_real, self.chosen, self.chosen_mask), self.hr).mean())
-        real_blank = float(psnr(model(self.lr_real), self.hr).mean())
+        own = score(self.lr, self.own, torch.ones_like(self.mask[:, :1]))
+        real_chosen = score(self.lr_real, self.chosen, self.chosen_mask)
+        real_blank = score(self.lr_real)
         model.train()
         return {
             "psnr_bicubic": self.bicubic,
@@ -239,7 +261,12 @@ def train(
         dev,
         seed=cfg.seed + state.step,
     )
-    validator = Validator(val_crops, scale, dev) if val_crops is not None and len(val_crops) else None
+    face_scale = sampler.config.face_scale
+    validator = (
+        Validator(val_crops, scale, dev, face_scale=face_scale)
+        if val_crops is not None and len(val_crops)
+        else None
+    )
     (run_dir / "config.json").write_text(json.dumps(asdict(cfg), indent=2))
     log_file = (run_dir / "log.jsonl").open("a")
     model.train()
@@ -251,7 +278,7 @@ def train(
         for group in optimizer.param_groups:
             group["lr"] = lr_now
         lr_img, hr, refs, mask = sampler.sample(cfg.batch)
-        out = model(lr_img, refs, mask)
+        out = to_target_size(model(lr_img, refs, mask), hr.shape[-1])
         loss = charbonnier(out, hr)
         if cfg.lambda_cor:
             loss = loss + cfg.lambda_cor * correlation_loss(out, hr, k=cfg.cor_k)

@@ -17,6 +17,7 @@ from hime_cli.training.dataset import (
     similar_members,
 )
 from hime_cli.training.evaluate import evaluate, make_plan
+from hime_cli.training.metrics import psnr
 from hime_cli.training.prepare import STORE_SIZE, CropSet, merge_crop_sets
 from hime_cli.training.train import TrainConfig, TrainState, learning_rate, load_checkpoint, train
 
@@ -67,6 +68,46 @@ def test_sampler_shapes_and_reference_rules() -> None:
     assert (~mask).all(1).any()  # some blank samples at p_blank=0.3
     # LR is exactly the bicubic degradation of HR
     assert torch.allclose(lr, bicubic_downsample(hr, 4))
+
+
+def test_sampler_face_scale_gives_whole_small_faces_and_half_size_refs() -> None:
+    from hime_cli.training.dataset import shrink_refs
+
+    cs = synthetic_crops(n_ids=4, per_id=4)
+    sampler = CropSampler(cs, SamplerConfig(scale=4, face_scale=8, p_blank=0.3), seed=2)
+    lr, hr, refs, mask = sampler.sample(12)
+    # the ×4 network at ×8: 16 px inputs, 64 px references (as enhance crops them), the 128 px target
+    assert lr.shape == (12, 3, 16, 16) and hr.shape == (12, 3, 128, 128)
+    assert refs.shape == (12, 3, 3, 64, 64) and (refs[~mask] == 0).all()
+    assert torch.allclose(lr, bicubic_downsample(hr, 8))
+    assert torch.allclose(shrink_refs(hr[:, None], 2)[:, 0], bicubic_downsample(hr, 2))
+    with pytest.raises(ValueError):
+        SamplerConfig(scale=4, face_scale=6)
+    with pytest.raises(ValueError):
+        SamplerConfig(scale=4, face_scale=8, patch=64)
+
+
+def test_train_with_face_scale_scores_the_resampled_output(tmp_path: Path) -> None:
+    from hime_cli.training.dataset import to_target_size
+    from hime_cli.training.train import Validator
+
+    cs = synthetic_crops()
+    cfg = TrainConfig(
+        arch="hime_test_x4",
+        batch=2,
+        steps=2,
+        log_every=1,
+        val_every=1,
+        warmup_steps=1,
+        sampler=SamplerConfig(face_scale=8),
+    )
+    model, state = train(cfg, cs, tmp_path / "run", val_crops=cs)
+    assert state.step == 2 and "real_chosen" in state.history[-1]
+    v = Validator(cs, 4, torch.device("cpu"), face_scale=8)  # as the trainer builds it
+    assert v.lr.shape[-1] == 16 and v.chosen.shape[-1] == 64 and v.own.shape[-1] == 64
+    out = to_target_size(model.eval()(v.lr), 128)
+    assert out.shape[-1] == 128
+    assert state.history[-1]["psnr_blank"] == pytest.approx(float(psnr(out, v.hr).mean()), abs=2e-3)
 
 
 def test_canonical_view_is_the_centre_crop() -> None:
@@ -132,6 +173,52 @@ def test_evaluate_reports_every_method() -> None:
     assert result["faces"] == 4 and result["lr_size"] == 32
     assert result["methods"]["bicubic"]["psnr"] > 15
     assert "ms_per_face" in result["methods"]["hime"]
+
+
+def test_evaluate_runs_the_x4_network_at_x8_as_enhance_does() -> None:
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.dataset import shrink_refs, to_target_size
+
+    cs = synthetic_crops()
+    model = create_model("hime_test_x4").eval()
+    seen: list[tuple[int, ...]] = []
+    forward = model.forward
+
+    def spy(lr, refs=None, mask=None):
+        seen.append((lr.shape[-1], None if refs is None else refs.shape[-1]))
+        return forward(lr, refs, mask)
+
+    model.forward = spy
+    result = evaluate(
+        model, cs, scale=8, limit=3, with_identity=False, methods=("bicubic", "hime", "hime_blank")
+    )
+    assert result["scale"] == 8 and result["model_scale"] == 4 and result["lr_size"] == 16
+    assert (16, 64) in seen and (16, None) in seen  # 16 px inputs, 64 px references
+    # the score is the output resampled to 128 px against the HR crop
+    plan = make_plan(cs, 3, limit=3, scale=8)
+    hr = canonical_view(cs)
+    rows = plan.refs
+    refs = shrink_refs(hr[np.maximum(rows, 0)] * torch.from_numpy(rows >= 0)[..., None, None, None], 2)
+    with torch.no_grad():
+        out = to_target_size(
+            forward(bicubic_downsample(hr[plan.targets], 8), refs, torch.from_numpy(rows >= 0)), 128
+        )
+    assert result["methods"]["hime"]["psnr"] == pytest.approx(
+        float(psnr(out.clamp(0, 1), hr[plan.targets]).mean()), abs=2e-3
+    )
+
+
+def test_eval_refuses_a_network_of_a_larger_zoom(tmp_path: Path) -> None:
+    from hime_cli.errors import UsageError
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.evaluate import load_model_for_eval
+    from hime_cli.training.train import export_weights
+
+    weights = tmp_path / "x8.safetensors"
+    export_weights(create_model("hime_test_x8"), weights, {"arch": "hime_test_x8"})
+    assert load_model_for_eval(str(weights), 8)[0].scale == 8
+    with pytest.raises(UsageError):
+        load_model_for_eval(str(weights), 4)
 
 
 def test_cli_train_then_eval(tmp_path: Path) -> None:
