@@ -141,6 +141,9 @@ def main() -> int:
     parser.add_argument("--photos", type=int, default=20)
     parser.add_argument("--per-identity", type=int, default=4)
     parser.add_argument("--weights", default=None)
+    parser.add_argument(
+        "--no-mirror", action="store_true", help="run the network once per face (no mirror self-ensemble)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--threads", type=int, default=2, help="torch threads for the SR-only timing")
     parser.add_argument("--sweep", action="store_true", help="also measure the gain vs face size")
@@ -198,7 +201,12 @@ def main() -> int:
     log(f"enhancing {len(picked)} photos ×4 …")
     out = work / "out"
     start = time.perf_counter()
-    report = enhance([inputs], EnhanceOptions(scale=4, out_dir=out, weights=args.weights, device=args.device))
+    report = enhance(
+        [inputs],
+        EnhanceOptions(
+            scale=4, out_dir=out, weights=args.weights, device=args.device, mirror=not args.no_mirror
+        ),
+    )
     total_s = time.perf_counter() - start
     gains = []
     for p in report.photos:
@@ -319,6 +327,7 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
                     min_score=0.0,
                     weights=args.weights,
                     device=args.device,
+                    mirror=not args.no_mirror,
                 ),  # fmt: skip
             )
             (p,) = report.photos
@@ -348,7 +357,7 @@ def _via_x4_gain(folder: Path, refs: Path, original: np.ndarray, box, args) -> f
     enhance(
         [folder / "small.jpg"],
         EnhanceOptions(scale=4, refs_dir=refs, out_dir=out_dir, max_face=1e9, min_score=0.0,
-                       weights=None, device=args.device),
+                       weights=None, device=args.device, mirror=not args.no_mirror),
     )  # fmt: skip
     x4 = np.asarray(Image.open(out_dir / "small.jpg").convert("RGB"), np.float32) / 255
     return box_psnr(upscale_photo(x4, 2), original, box, 8)

@@ -143,6 +143,9 @@ def main() -> int:
     parser.add_argument("--weights", default=None, help="hime weights (default: the default ×4 weight)")
     parser.add_argument("--peer", type=Path, default=PEER_WEIGHTS)
     parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument(
+        "--no-mirror", action="store_true", help="hime without its mirror self-ensemble (one pass per face)"
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
     if not args.data.is_dir():
@@ -205,7 +208,14 @@ def main() -> int:
             seconds["realesrgan"] += time.perf_counter() - t
             t = time.perf_counter()
             report = enhance(
-                [src], EnhanceOptions(scale=4, refs_dir=refs, out_dir=folder / "out", weights=args.weights)
+                [src],
+                EnhanceOptions(
+                    scale=4,
+                    refs_dir=refs,
+                    out_dir=folder / "out",
+                    weights=args.weights,
+                    mirror=not args.no_mirror,
+                ),
             )
             seconds["hime"] += time.perf_counter() - t
             (p,) = report.photos

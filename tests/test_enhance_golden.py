@@ -1,8 +1,8 @@
 """`hime enhance` outputs, byte for byte, on fixed cases (issue #13: refactors change no output).
 
 Each case builds its inputs (synthetic photos from skimage's astronaut, or copies and downscales of
-photos in ../shared/data), runs the real CLI in-process with the weights pinned by name (the
-default weights change with releases; these cases must not), and hashes every file written under
+photos in ../shared/data), runs the real CLI in-process with the weights pinned by name and the
+mirror self-ensemble off (the defaults change with releases; these cases must not), and hashes every file written under
 the output folder. ``tests/golden/enhance_sha256.json`` holds the hashes; a deliberate output
 change re-records them (and says so in its commit):
 
@@ -148,11 +148,19 @@ def _dev_refs(root: Path, data: Path) -> list[str]:
 
 # name → (inputs builder, `hime scan` first?, extra enhance arguments)
 CASES: dict[str, tuple[Callable[..., list[str]], bool, list[str]]] = {
-    "synthetic_refs_x4": (_synthetic, False, ["--refs", "refs", "--all-faces", "--compare", "--weights", X4]),
-    "synthetic_refs_x2": (_synthetic, False, ["--refs", "refs", "--scale", "2", "--weights", X4]),
-    "dev_index_x4": (_dev_library, True, ["--weights", X4]),
-    "solvay_index_x4": (_solvay, False, ["--weights", X4]),
-    "dev_refs_x8": (_dev_refs, False, ["--refs", "refs", "--scale", "8", "--weights", X8]),
+    "synthetic_refs_x4": (
+        _synthetic,
+        False,
+        ["--refs", "refs", "--all-faces", "--compare", "--weights", X4, "--no-mirror"],
+    ),
+    "synthetic_refs_x2": (
+        _synthetic,
+        False,
+        ["--refs", "refs", "--scale", "2", "--weights", X4, "--no-mirror"],
+    ),
+    "dev_index_x4": (_dev_library, True, ["--weights", X4, "--no-mirror"]),
+    "solvay_index_x4": (_solvay, False, ["--weights", X4, "--no-mirror"]),
+    "dev_refs_x8": (_dev_refs, False, ["--refs", "refs", "--scale", "8", "--weights", X8, "--no-mirror"]),
 }
 NEEDS_DATA = {"dev_index_x4", "solvay_index_x4", "dev_refs_x8"}
 

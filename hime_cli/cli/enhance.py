@@ -28,6 +28,7 @@ from hime_cli.cli.options import (
     MaxFaceOpt,
     MaxRefsOpt,
     MinScoreOpt,
+    MirrorOpt,
     PathsArg,
     RefsOpt,
     ScaleOpt,
@@ -77,6 +78,7 @@ def enhance_cmd(
     all_photos: AllPhotosOpt = False,
     hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
+    mirror: MirrorOpt = True,
     device: DeviceOpt = DEFAULT_DEVICE,
     compare: Annotated[
         bool, typer.Option("--compare", help="Also write before/after face sheets (PNG + an HTML page).")
@@ -120,6 +122,7 @@ def enhance_cmd(
         all_photos=all_photos,
         hr_size=hr_size,
         weights=weights,
+        mirror=mirror,
         device=device,
         compare=compare or compare_dir is not None,
         compare_dir=compare_dir,
@@ -146,6 +149,7 @@ def compare_cmd(
     all_faces: AllFacesOpt = False,
     hr_size: HrSizeOpt = None,
     weights: WeightsOpt = None,
+    mirror: MirrorOpt = True,
     device: DeviceOpt = DEFAULT_DEVICE,
     json_out: JsonOpt = False,
 ) -> None:
@@ -164,6 +168,7 @@ def compare_cmd(
         all_faces=all_faces,
         hr_size=hr_size,
         weights=weights,
+        mirror=mirror,
         device=device,
         compare=True,
         compare_dir=out_dir,

@@ -36,6 +36,12 @@ def eval_cmd(
         help="bicubic (the paper's protocol) or real (blur, noise, JPEG q30-95; seeded per face).",
     ),
     seed: int = typer.Option(0, "--seed", help="Seed of the real degradation and of the reference draws."),
+    mirror: bool = typer.Option(
+        False,
+        "--mirror",
+        help="Score the network as `hime enhance` runs it by default: on each face and its mirror "
+        "image, averaged (off: the network alone, as every model card measures it).",
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
@@ -55,6 +61,10 @@ def eval_cmd(
     if threads:
         torch.set_num_threads(threads)
     model, label = load_model_for_eval(weights, scale)
+    if mirror:
+        from hime_cli.sr.ensemble import MirrorEnsemble
+
+        model, label = MirrorEnsemble(model), f"{label} (mirror ensemble)"
     # A quick --limit run only prepares enough identity folders for that many faces.
     limit_ids = max(2, -(-limit // 4)) if limit else None
     crops = load_or_prepare(
@@ -77,7 +87,7 @@ def eval_cmd(
             progress=lambda done, n: bar.update(task, completed=done, total=n),
         )
     params, gmacs = params_and_gmacs(model, scale, refs)
-    result = {**result, "weights": label, "params": params, "gmacs": gmacs}
+    result = {**result, "weights": label, "mirror": mirror, "params": params, "gmacs": gmacs}
     order = [
         "scale",
         "model_scale",
@@ -88,6 +98,7 @@ def eval_cmd(
         "identities",
         "refs",
         "weights",
+        "mirror",
         "params",
         "gmacs",
         "methods",

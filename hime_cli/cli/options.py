@@ -73,4 +73,12 @@ ExemplarHrSizeOpt = Annotated[
     ),
 ]
 DeviceOpt = Annotated[str, typer.Option("--device", help="auto, cpu or cuda.")]
+MirrorOpt = Annotated[
+    bool,
+    typer.Option(
+        "--mirror/--no-mirror",
+        help="Run the network on each face and on its mirror image and average the two (better "
+        "faces, twice the SR time; docs/enhance.md).",
+    ),
+]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print JSON on stdout (for scripts).")]

@@ -91,6 +91,7 @@ class EnhanceOptions:
     refs_dir: Path | None = None
     all_faces: bool = False  # with refs_dir: every small face, not only the best match
     weights: str | None = None
+    mirror: bool = True  # run the network on each face and its mirror image, averaged (sr.ensemble)
     device: str = DEFAULT_DEVICE
     compare: bool = False  # write before/after sheets
     compare_dir: Path | None = None
@@ -162,6 +163,7 @@ class EnhanceOptions:
             # earlier default model is not "already enhanced" once the default changes
             "weights": self.weights or _default_weights_key(self.scale),
             "paste": asdict(self.paste),
+            "mirror": self.mirror,
         }
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 

@@ -39,6 +39,7 @@ def prepare_photo(
     crops: stages.ExemplarCrops,
     opts: EnhanceOptions,
     model_scale: int,
+    crop_scale: int | None = None,
 ) -> PreparedPhoto:
     """Read a photo (its original, when hime replaced it in place), find its faces, then
     select_faces → gather_exemplars."""
@@ -52,7 +53,9 @@ def prepare_photo(
     faces = source.faces(plan.source, loaded)
     reports: list[FaceReport] = []
     jobs: list[stages.FaceJob] = []
-    for item in stages.select_faces(loaded.rgb, faces, source.targets(faces, opts), opts, model_scale):
+    for item in stages.select_faces(
+        loaded.rgb, faces, source.targets(faces, opts), opts, model_scale, crop_scale
+    ):
         if isinstance(item, stages.SelectedFace):
             refs = stages.gather_exemplars(item, loaded.rgb, source, crops, opts, plan.source)
             jobs.append(stages.FaceJob(item, refs))

@@ -122,9 +122,20 @@ class Enhancer:
     def _model_scale(self) -> int:
         if self.model:
             return self.model.scale
-        # --dry-run loads no model: every scale uses the ×4 one unless --weights names a ×8 model
-        weights = str(self.options.weights or "")
-        return 8 if self.options.scale == 8 and "_x8" in Path(weights).name else 4
+        # --dry-run loads no model: every scale uses a ×4 network unless --weights names a ×8 one
+        # (the architecture, before the tag: hime_small_x4.celeba_wild_real_x8_v1 is a ×4 network)
+        arch = Path(str(self.options.weights or "")).name.split(".")[0]
+        return 8 if self.options.scale == 8 and arch.endswith("_x8") else 4
+
+    def _crop_scale(self) -> int:
+        """The zoom the LR crops are sized for: the weights' training zoom (sr.inference)."""
+        if self.model:
+            return self.model.input_scale
+        from hime_cli.sr.inference import default_weights_name, weights_input_scale
+
+        return weights_input_scale(self.options.weights or default_weights_name(self.options.scale)) or (
+            self._model_scale()
+        )
 
     def _stage(self, name: str, stage: str | None = None) -> None:
         self._emit(message=name, stage=stage or name)
@@ -137,7 +148,9 @@ class Enhancer:
             from hime_cli.sr.inference import load_super_resolver
 
             self._stage("loading the model")
-            self.model = load_super_resolver(opts.weights, opts.scale, opts.device, opts.batch_pixels)
+            self.model = load_super_resolver(
+                opts.weights, opts.scale, opts.device, opts.batch_pixels, mirror=opts.mirror
+            )
         source: ExemplarSource
         if opts.refs_dir is not None:
             self._stage("reading the reference photos")
@@ -171,7 +184,9 @@ class Enhancer:
         for i, plan in todo:
             self._emit(message=plan.source.name)
             try:
-                photo = prepare_photo(plan, source, self.crops, self.options, self._model_scale())
+                photo = prepare_photo(
+                    plan, source, self.crops, self.options, self._model_scale(), self._crop_scale()
+                )
             except Exception as exc:  # one bad photo never stops the batch
                 reports[i] = PhotoReport(plan.source, plan.dest, "failed", failure_reason(exc))
                 self._add(photos_done=1)

@@ -72,9 +72,13 @@ def select_faces(
     targets: set[int],
     options: EnhanceOptions,
     model_scale: int,
+    crop_scale: int | None = None,
 ) -> tuple[FaceReport | SelectedFace, ...]:
     """Every face of a photo in order: a :class:`FaceReport` saying why it is left alone
-    (not-target, low-score, too-large), or a :class:`SelectedFace` cropped for SR."""
+    (not-target, low-score, too-large), or a :class:`SelectedFace` cropped for SR.
+
+    ``crop_scale`` sizes the LR crop (``faces.align.face_crop``; default ``model_scale``): a ×4
+    network trained for ×8 takes faces from 16 px up, its references and output are ``4L`` px."""
     chosen: list[FaceReport | SelectedFace] = []
     for k, face in enumerate(faces):
         det = face.detected
@@ -89,7 +93,7 @@ def select_faces(
                 replace(base, status="too-large", reason=f"face region > {options.face_limit:g} px")
             )
         else:
-            matrix, lr_size = face_crop(det.landmarks, model_scale)
+            matrix, lr_size = face_crop(det.landmarks, crop_scale or model_scale)
             lr = crop_image(rgb, matrix, lr_size)
             chosen.append(SelectedFace(k, face, base, matrix, lr_size, lr, lr_size * model_scale))
     return tuple(chosen)

@@ -15,6 +15,7 @@ so that their pixel count stays under a memory budget.
 from __future__ import annotations
 
 import logging
+import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -72,7 +73,14 @@ class SRJob:
 class FaceSuperResolver:
     """Runs a HIME model over many face crops, batched by crop size, under ``torch.inference_mode``."""
 
-    def __init__(self, model, device: str = "cpu", batch_pixels: int | None = None, name: str = "") -> None:
+    def __init__(
+        self,
+        model,
+        device: str = "cpu",
+        batch_pixels: int | None = None,
+        name: str = "",
+        input_scale: int | None = None,
+    ) -> None:
         import torch
 
         self.device = resolve_device(device)
@@ -82,6 +90,10 @@ class FaceSuperResolver:
         if self.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.scale = int(model.scale)
+        # The zoom its input crops are sized for (faces.align.face_crop): the network's own, or the
+        # larger one its weights were trained for (a ×4 network trained with --face-scale 8 takes
+        # whole 16 px faces, not faces upsampled to 32 px).
+        self.input_scale = int(input_scale or self.scale)
         self.name = name or type(model).__name__
         default = CUDA_BATCH_PIXELS if self.device.startswith("cuda") else CPU_BATCH_PIXELS
         self.batch_pixels = int(batch_pixels or default)
@@ -162,7 +174,7 @@ class FaceSuperResolver:
 
 
 def default_weights_name(scale: int) -> str:
-    """Registry name of the model ``enhance`` uses for an output scale: the ×4 model at every scale.
+    """Registry name of the model ``enhance`` uses for an output scale: the ×4 network at every scale.
 
     ×2 and ×8 resample its ``4L`` px output to ``2L`` / ``8L``. At ×8 that beats the ×8 model
     (``--weights hime_small_x8`` still picks it) at every face size measured: face-box gain over
@@ -170,6 +182,12 @@ def default_weights_name(scale: int) -> str:
     --sweep-only --sweep-scale 8``, 12 faces per size), ×8 model +0.99 / +0.41 / +0.11 / −0.15 dB
     at 16 / 24 / 32 / 40 px faces, ×4 model +1.52 / +1.57 / +1.57 / +1.24 dB; at q75 +0.94 / +0.48 /
     +0.40 / +0.29 against +1.35 / +1.76 / +1.50 / +1.25 (docs/enhance.md, "Scales").
+
+    ``hime_small_x4.celeba_wild_real_x8_v1``, the same network fine-tuned for ×8 on 16 px faces
+    (``--face-scale 8``), is better on 16 px faces (``hime eval --scale 8``: +0.49 dB clean; the
+    sweep above at q95: +1.70 against +1.52 dB) and worse from 24 px up (+1.49 / +1.04 / +0.72 at
+    24 / 32 / 40 px against +1.57 / +1.57 / +1.24): registered, not the default
+    (docs/training.md, "×8 through the ×4 network").
     """
     del scale  # every scale; kept so callers say which output they want
     return "hime_small_x4"
@@ -180,19 +198,48 @@ def load_super_resolver(
     scale: int,
     device: str = "auto",
     batch_pixels: int | None = None,
+    mirror: bool = True,
 ) -> FaceSuperResolver:
     """Build the model for ``--weights NAME|PATH`` (or the default for ``scale``) and wrap it.
 
     Missing weights are a :class:`ModelError` naming the command that fetches them; ``--scale 8``
-    (like every scale) uses the ×4 model unless ``weights`` names another (see
-    :func:`default_weights_name`).
+    (like every scale) uses the ×4 network unless ``weights`` names another (see
+    :func:`default_weights_name`). ``mirror`` runs it as a :class:`~hime_cli.sr.ensemble.MirrorEnsemble`
+    (the face and its mirror image, averaged: twice the SR cost, measured better).
     """
+    from hime_cli.sr.ensemble import MirrorEnsemble
     from hime_cli.sr.registry import create_model
 
     resolved = resolve_device(device)
     name = weights or default_weights_name(scale)
     model, label = _build(name, create_model)
-    return FaceSuperResolver(model, resolved, batch_pixels, label)
+    input_scale = weights_input_scale(name)
+    if mirror:
+        model = MirrorEnsemble(model)  # the label stays the weights' name (reports, compare sheets)
+    return FaceSuperResolver(model, resolved, batch_pixels, label, input_scale)
+
+
+def weights_input_scale(name: str) -> int | None:
+    """The zoom a registered weight was trained and measured for (its registry ``scale``: 8 for
+    ``hime_small_x4.celeba_wild_real_x8_v1``, a ×4 network), when it is larger than its network's and a multiple of it;
+    ``None`` otherwise (unregistered files, and every weight used at its network's own zoom)."""
+    from hime_cli.hub import find_entry, is_weights_path, resolve_weights
+    from hime_cli.sr.registry import split_model_name
+
+    try:
+        if is_weights_path(name):
+            entry = resolve_weights(name).entry
+        else:
+            entry = find_entry(name)
+    except ModelError:
+        return None
+    if entry is None:
+        return None
+    match = re.search(r"_x(\d+)$", split_model_name(entry.name)[0])
+    arch_scale = int(match.group(1)) if match else 0
+    if arch_scale and entry.scale > arch_scale and entry.scale % arch_scale == 0:
+        return int(entry.scale)
+    return None
 
 
 def _build(name: str, create_model) -> tuple[object, str]:

@@ -48,6 +48,19 @@ def test_select_faces_reports_why_a_face_is_left_alone(rgb: np.ndarray) -> None:
     assert selected.hr_size == selected.lr_size * 4
 
 
+def test_select_faces_sizes_crops_for_the_weights_training_zoom(rgb: np.ndarray) -> None:
+    """A ×4 network trained for ×8 (crop_scale 8) takes a small face at its native size from 16 px
+    up, not upsampled to 32 px; its references and output stay the network's 4L px."""
+    faces = [_face(10, 10, 18), _face(60, 60, 40)]
+    small, large = stages.select_faces(rgb, faces, {0, 1}, EnhanceOptions(scale=8), 4, crop_scale=8)
+    assert isinstance(small, stages.SelectedFace) and isinstance(large, stages.SelectedFace)
+    assert small.lr_size == max(16, int(np.ceil(region_size(faces[0].landmarks) - 1e-6))) < 32
+    assert small.hr_size == small.lr_size * 4
+    assert large.lr_size == int(np.ceil(region_size(faces[1].landmarks) - 1e-6))  # native: unchanged
+    (default,) = stages.select_faces(rgb, faces[:1], {0}, EnhanceOptions(scale=8), 4)
+    assert isinstance(default, stages.SelectedFace) and default.lr_size == 32
+
+
 def test_select_faces_limits_the_crop_region_side_not_the_box_side(rgb: np.ndarray) -> None:
     """--max-face compares faces.align.region_size (the one face size, issue #10), and the report's
     size is that region side: a box under the limit with a region over it is too large, and the

@@ -125,3 +125,21 @@ def test_enhance_uses_the_x4_model_at_every_scale() -> None:
     from hime_cli.sr.inference import default_weights_name
 
     assert {default_weights_name(s) for s in (1, 2, 4, 8)} == {"hime_small_x4"}
+
+
+def test_x8_weights_take_faces_at_their_training_zoom() -> None:
+    """A ×4 network trained for ×8 (registry scale 8) takes 16 px faces, as it was trained; the ×4
+    default and unregistered names keep the network's own zoom."""
+    from hime_cli.pipeline.options import EnhanceOptions
+    from hime_cli.pipeline.run import Enhancer
+    from hime_cli.sr.inference import weights_input_scale
+
+    x8 = "hime_small_x4.celeba_wild_real_x8_v1"
+    assert weights_input_scale(x8) == 8
+    assert weights_input_scale("hime_small_x4") is None and weights_input_scale("hime_small_x8") is None
+    assert weights_input_scale("no_such_model.tag") is None
+    sr = load_super_resolver(x8, scale=8, device="cpu")
+    assert (sr.scale, sr.input_scale) == (4, 8)
+    # --dry-run loads no model, yet plans the same crops
+    assert Enhancer(EnhanceOptions(scale=8, weights=x8, dry_run=True))._crop_scale() == 8
+    assert Enhancer(EnhanceOptions(scale=8, dry_run=True))._crop_scale() == 4

@@ -160,6 +160,7 @@ def test_corrupt_weights_hint_names_commands_that_exist(tmp_path):
 
 def test_architecture_comes_from_the_files_metadata(tmp_path):
     """#11 D14: the architecture was read from the file name, not from the file's metadata."""
+    from hime_cli.sr.ensemble import unwrap
     from hime_cli.sr.inference import load_super_resolver
 
     torch.manual_seed(5)
@@ -167,7 +168,7 @@ def test_architecture_comes_from_the_files_metadata(tmp_path):
     path = tmp_path / "my_finetune.safetensors"  # a name that says nothing
     save_file(_state(source), str(path), metadata={"arch": "hime_test_x4"})
     resolver = load_super_resolver(str(path), 4, "cpu")
-    assert type(resolver.model).__name__ == type(source).__name__
+    assert type(unwrap(resolver.model)).__name__ == type(source).__name__
     unnamed = tmp_path / "other.safetensors"
     save_file(_state(source), str(unnamed))
     with pytest.raises(ModelError, match="cannot tell the architecture"):
