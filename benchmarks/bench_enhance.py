@@ -104,7 +104,9 @@ def box_psnr(out: np.ndarray, original: np.ndarray, box_small, scale: int) -> fl
     return psnr(out[region], truth[region])
 
 
-def bench_sr(weights: str | None, device: str, threads: int, batch: int = 16, refs: int = 3) -> dict:
+def bench_sr(
+    weights: str | None, device: str, threads: int, batch: int = 16, refs: int = 3, mirror: bool = True
+) -> dict:
     import torch
 
     from hime_cli.sr.inference import SRJob, load_super_resolver
@@ -112,7 +114,7 @@ def bench_sr(weights: str | None, device: str, threads: int, batch: int = 16, re
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:
-        sr = load_super_resolver(weights, 4, device)
+        sr = load_super_resolver(weights, 4, device, mirror=mirror)
         rng = np.random.default_rng(0)
         jobs = [
             SRJob(
@@ -237,7 +239,7 @@ def main() -> int:
         if gains
         else None,
         "faces": gains,
-        "sr_only": bench_sr(args.weights, args.device, args.threads),
+        "sr_only": bench_sr(args.weights, args.device, args.threads, mirror=not args.no_mirror),
         "cpu_count": os.cpu_count(),
         "load_average": os.getloadavg(),
     }
