@@ -175,9 +175,12 @@ def evaluate(
 ) -> dict:
     """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info).
 
-    A network of a smaller zoom than ``scale`` (the ×4 network at ×8, as ``hime enhance --scale 8``
-    runs it) gets its references shrunk by ``scale / model.scale`` and its output resampled to the
-    128 px crop (bicubic) before it is scored."""
+    A network of a smaller zoom than ``scale`` (the ×4 network at ×8) gets the 16 px face, its
+    references shrunk by ``scale / model.scale`` and its output resampled to the 128 px crop
+    (bicubic) before it is scored: what ``--face-scale 8`` trains and what ``hime enhance --scale
+    8`` runs for weights registered at ×8. For ×4 weights enhance differs: it upsamples a small
+    face to a 32 px crop first (``faces.align.face_crop``), which this protocol does not measure
+    (docs/training.md, "×8 through the ×4 network")."""
     hr_all = canonical_view(crops)
     factor = 1 if model is None else scale // int(model.scale)
     lr_all = degraded_inputs(hr_all, scale, degradation, seed)
@@ -263,7 +266,7 @@ def degraded_inputs(
 def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") -> tuple[torch.nn.Module, str]:
     """Resolve ``--weights NAME|PATH`` (default: the model ``hime enhance`` uses at ``scale``,
     :func:`hime_cli.sr.inference.default_weights_name`). A network whose zoom divides ``scale``
-    (×4 at ×8) is evaluated as enhance runs it: output resampled (see :func:`evaluate`)."""
+    (×4 at ×8) is evaluated on 16 px faces, output resampled (see :func:`evaluate`)."""
     from hime_cli.sr.inference import default_weights_name
     from hime_cli.sr.registry import create_model
 
