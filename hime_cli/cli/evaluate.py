@@ -64,7 +64,7 @@ def eval_cmd(
     if mirror:
         from hime_cli.sr.ensemble import MirrorEnsemble
 
-        model, label = MirrorEnsemble(model), f"{label} (mirror ensemble)"
+        model = MirrorEnsemble(model)  # "mirror" in the result says so; "weights" stays the weights
     # A quick --limit run only prepares enough identity folders for that many faces.
     limit_ids = max(2, -(-limit // 4)) if limit else None
     crops = load_or_prepare(
@@ -108,6 +108,7 @@ def eval_cmd(
         print_json(result)
         return
     via = f", ×{result['model_scale']} network resampled" if result.get("model_scale", scale) != scale else ""
+    via += ", mirror ensemble" if mirror else ""
     table = Table(
         title=f"×{scale}{via} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
     )

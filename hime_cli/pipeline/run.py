@@ -181,12 +181,11 @@ class Enhancer:
         """Read photos and prepare their faces, yielding groups that share SR batches."""
         chunk: list[tuple[int, PreparedPhoto]] = []
         n_faces = n_pixels = 0
+        model_scale, crop_scale = self._model_scale(), self._crop_scale()  # once: the same every photo
         for i, plan in todo:
             self._emit(message=plan.source.name)
             try:
-                photo = prepare_photo(
-                    plan, source, self.crops, self.options, self._model_scale(), self._crop_scale()
-                )
+                photo = prepare_photo(plan, source, self.crops, self.options, model_scale, crop_scale)
             except Exception as exc:  # one bad photo never stops the batch
                 reports[i] = PhotoReport(plan.source, plan.dest, "failed", failure_reason(exc))
                 self._add(photos_done=1)

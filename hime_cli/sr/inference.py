@@ -212,8 +212,8 @@ def load_super_resolver(
 
     resolved = resolve_device(device)
     name = weights or default_weights_name(scale)
-    model, label = _build(name, create_model)
-    input_scale = weights_input_scale(name)
+    model, label, entry = _build(name, create_model)
+    input_scale = _entry_input_scale(entry)
     if mirror:
         model = MirrorEnsemble(model)  # the label stays the weights' name (reports, compare sheets)
     return FaceSuperResolver(model, resolved, batch_pixels, label, input_scale)
@@ -222,37 +222,46 @@ def load_super_resolver(
 def weights_input_scale(name: str) -> int | None:
     """The zoom a registered weight was trained and measured for (its registry ``scale``: 8 for
     ``hime_small_x4.celeba_wild_real_x8_v1``, a ×4 network), when it is larger than its network's and a multiple of it;
-    ``None`` otherwise (unregistered files, and every weight used at its network's own zoom)."""
+    ``None`` otherwise (unregistered files, and every weight used at its network's own zoom).
+    For ``--dry-run``, which loads no model; :func:`load_super_resolver` reads the entry it loads."""
     from hime_cli.hub import find_entry, is_weights_path, resolve_weights
-    from hime_cli.sr.registry import split_model_name
 
     try:
-        if is_weights_path(name):
-            entry = resolve_weights(name).entry
-        else:
-            entry = find_entry(name)
+        entry = resolve_weights(name).entry if is_weights_path(name) else find_entry(name)
     except ModelError:
         return None
+    return _entry_input_scale(entry)
+
+
+def _entry_input_scale(entry) -> int | None:
+    """:func:`weights_input_scale` of a registry entry (``None``: an unregistered file)."""
     if entry is None:
         return None
-    match = re.search(r"_x(\d+)$", split_model_name(entry.name)[0])
+    match = re.search(r"_x(\d+)$", entry.arch)
     arch_scale = int(match.group(1)) if match else 0
     if arch_scale and entry.scale > arch_scale and entry.scale % arch_scale == 0:
         return int(entry.scale)
     return None
 
 
-def _build(name: str, create_model) -> tuple[object, str]:
-    """(model, label) for a registry name (``arch`` or ``arch.tag``) or a ``.safetensors`` path."""
+def _build(name: str, create_model) -> tuple[object, str, object]:
+    """(model, label, registry entry or None) for a registry name (``arch`` or ``arch.tag``) or a
+    ``.safetensors`` path."""
     from pathlib import Path
 
-    from hime_cli.hub import is_weights_path, resolve_weights
+    from hime_cli.hub import find_entry, is_weights_path, resolve_weights
 
     if is_weights_path(name):  # the hub's one rule for "is --weights a path"
         resolved = resolve_weights(name)  # logs it; a missing file is its ModelError
         arch = resolved.entry.arch if resolved.entry is not None else _arch_of(resolved.path)
-        return create_model(arch, checkpoint_path=resolved.path), Path(name).expanduser().name
-    return create_model(name, pretrained=True), name
+        model = create_model(arch, checkpoint_path=resolved.path)
+        return model, Path(name).expanduser().name, resolved.entry
+    model = create_model(name, pretrained=True)
+    try:
+        entry = find_entry(name)
+    except ModelError:  # not expected for a name the hub just loaded; then nothing is known of it
+        entry = None
+    return model, name, entry
 
 
 def _arch_of(path) -> str:
