@@ -77,6 +77,8 @@ def run_training(
     degradation: str = "bicubic",
     self_geometry: dict[str, float] | None = None,
     train_only: tuple[str, ...] = (),
+    ema_decay: float | None = None,
+    clean_prob: float | None = None,
     log: Callable[[str], None] = print,
     on_step=None,
 ):
@@ -98,6 +100,7 @@ def run_training(
         "lambda_cor": lambda_cor,
         "warmup_steps": warmup_steps,
         "val_every": val_every,
+        "ema_decay": ema_decay,
     }
     cfg = replace(cfg, **{k: v for k, v in overrides.items() if v is not None})
     if train_only:
@@ -124,6 +127,21 @@ def run_training(
         from hime_cli.training.degradation import DegradationConfig
 
         cfg = replace(cfg, sampler=replace(cfg.sampler, degradation=DegradationConfig()))
+    if clean_prob is not None:
+        if degradation != "real":
+            from hime_cli.errors import UsageError
+
+            raise UsageError(
+                "--clean-prob sets the clean share of the real degradation: add --degradation real"
+            )
+        if not 0.0 <= clean_prob <= 1.0:
+            from hime_cli.errors import UsageError
+
+            raise UsageError(f"--clean-prob must lie in [0, 1], got {clean_prob}")
+        cfg = replace(
+            cfg,
+            sampler=replace(cfg.sampler, degradation=replace(cfg.sampler.degradation, clean_prob=clean_prob)),
+        )
     train_crops = load_or_prepare(data, log)
     val_crops = load_or_prepare(val_data, log) if val_data else None
     log(
@@ -196,6 +214,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument(
         "--degradation", default="bicubic", choices=("bicubic", "real"), help="LR degradation of the samples"
     )
+    p.add_argument(
+        "--ema",
+        type=float,
+        metavar="DECAY",
+        help="keep an exponential moving average of the weights (e.g. 0.999); exported instead of the last weights",
+    )
+    p.add_argument(
+        "--clean-prob",
+        type=float,
+        help="share of plain bicubic shrinks in the real degradation (default 0.3)",
+    )
     a = p.parse_args(argv)
     if a.threads:
         import torch
@@ -230,6 +259,8 @@ def main(argv: list[str] | None = None) -> None:
             "self_warp": a.self_warp,
         },
         train_only=tuple(a.train_only),
+        ema_decay=a.ema,
+        clean_prob=a.clean_prob,
         log=lambda s: print(s, file=sys.stderr, flush=True),
     )
 

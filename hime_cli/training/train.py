@@ -3,10 +3,14 @@
 Checkpoints are ``.safetensors`` (weights + Adam state as tensors, step/elapsed/config as
 metadata), never pickles, written atomically at least every ``checkpoint_minutes``.
 Loss: Charbonnier (ε = 1e-3) + λ_cor · correlation loss (k = 3) (paper Sec. 4, 5.1).
+With ``ema_decay`` > 0 the loop also keeps an exponential moving average of the weights (checkpointed
+as ``ema.*`` tensors, scored by the validator as ``ema_*``); the run then returns and exports the
+averaged weights.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -52,6 +56,9 @@ class TrainConfig:
     # parameter-name prefixes to train, the rest frozen (empty: all). ("fine.",) trains only the
     # fine reference branch on top of released weights, whose no-reference output stays exact.
     train_only: tuple[str, ...] = ()
+    # exponential moving average of the weights (0: off); the decay ramps up as (1 + n) / (10 + n)
+    # over the first updates, so an average started on a resumed run follows the weights at first
+    ema_decay: float = 0.0
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
 
 
@@ -61,6 +68,33 @@ class TrainState:
     elapsed_s: float = 0.0
     last_loss: float = float("nan")
     history: list[dict] = field(default_factory=list)
+    ema_updates: int = 0
+
+
+class WeightAverage:
+    """An exponential moving average of a model's floating-point weights and buffers."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        if not 0.0 < decay < 1.0:
+            raise ValueError(f"ema decay must lie in (0, 1), got {decay}")
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval()
+        for param in self.model.parameters():
+            param.requires_grad_(False)
+
+    def current_decay(self, updates: int) -> float:
+        return min(self.decay, (1.0 + updates) / (10.0 + updates))
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module, updates: int) -> None:
+        d = self.current_decay(updates)
+        src = model.state_dict()
+        for name, avg in self.model.state_dict().items():
+            value = src[name].detach()
+            if avg.is_floating_point():
+                avg.mul_(d).add_(value, alpha=1.0 - d)
+            else:
+                avg.copy_(value)
 
 
 def _progress_fraction(cfg: TrainConfig, state: TrainState) -> float:
@@ -79,11 +113,18 @@ def learning_rate(cfg: TrainConfig, state: TrainState) -> float:
 
 
 def save_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer, cfg: TrainConfig, state: TrainState
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer,
+    cfg: TrainConfig,
+    state: TrainState,
+    ema: WeightAverage | None = None,
 ) -> None:
     from safetensors.torch import save_file
 
     tensors = {f"model.{k}": v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+    if ema is not None:
+        tensors.update({f"ema.{k}": v.detach().contiguous().cpu() for k, v in ema.model.state_dict().items()})
     opt = optimizer.state_dict()
     for pid, st in opt["state"].items():
         for key, value in st.items():
@@ -95,6 +136,7 @@ def save_checkpoint(
         "config": json.dumps(asdict(cfg)),
         "history": json.dumps(state.history[-200:]),
         "rng_torch": json.dumps(torch.get_rng_state().tolist()),
+        "ema_updates": str(state.ema_updates if ema is not None else 0),
     }
     tmp = path.with_name(path.name + ".tmp")
     save_file(tensors, str(tmp), metadata=meta)
@@ -102,14 +144,39 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    path: Path, model: torch.nn.Module, optimizer: torch.optim.Optimizer | None
+    path: Path,
+    model: torch.nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    ema: WeightAverage | None = None,
+    *,
+    weights: str = "model",
 ) -> TrainState:
+    """Restore ``model`` (and the optimiser and the average, if given) from a checkpoint.
+
+    ``weights="ema"`` loads the checkpoint's averaged weights into ``model`` (for evaluation or
+    export); a checkpoint without them is refused. With ``ema`` given and no averaged weights in
+    the checkpoint (a run that had none), the average starts from the loaded weights.
+    """
     from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata()
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    averaged = {k[4:]: v for k, v in tensors.items() if k.startswith("ema.")}
+    if weights == "ema":
+        if not averaged:
+            raise ValueError(f"{path} holds no averaged (ema) weights: it was trained without --ema")
+        model.load_state_dict(averaged, strict=True)
+    elif weights == "model":
+        model.load_state_dict({k[6:]: v for k, v in tensors.items() if k.startswith("model.")}, strict=True)
+    else:
+        raise ValueError(f"weights must be 'model' or 'ema', got {weights!r}")
+    ema_updates = int(meta.get("ema_updates", "0")) if averaged else 0
+    if ema is not None:
+        if averaged:
+            ema.model.load_state_dict(averaged, strict=True)
+        else:
+            ema.model.load_state_dict(model.state_dict(), strict=True)
     if optimizer is not None:
         opt = optimizer.state_dict()
         state: dict[int, dict] = {}
@@ -122,7 +189,10 @@ def load_checkpoint(
         optimizer.load_state_dict(opt)
     torch.set_rng_state(torch.tensor(json.loads(meta["rng_torch"]), dtype=torch.uint8))
     return TrainState(
-        step=int(meta["step"]), elapsed_s=float(meta["elapsed_s"]), history=json.loads(meta["history"])
+        step=int(meta["step"]),
+        elapsed_s=float(meta["elapsed_s"]),
+        history=json.loads(meta["history"]),
+        ema_updates=ema_updates,
     )
 
 
@@ -182,6 +252,7 @@ class Validator:
 
     @torch.no_grad()
     def __call__(self, model: torch.nn.Module) -> dict[str, float]:
+        was_training = model.training
         model.eval()
         size = self.hr.shape[-1]
 
@@ -196,7 +267,7 @@ class Validator:
         own = score(self.lr, self.own, torch.ones_like(self.mask[:, :1]))
         real_chosen = score(self.lr_real, self.chosen, self.chosen_mask)
         real_blank = score(self.lr_real)
-        model.train()
+        model.train(was_training)
         return {
             "psnr_bicubic": self.bicubic,
             "psnr_hime": with_refs,
@@ -252,8 +323,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     ckpt = run_dir / CHECKPOINT_NAME
     state = TrainState()
+    ema = WeightAverage(model, cfg.ema_decay) if cfg.ema_decay else None
     if resume and ckpt.exists():
-        state = load_checkpoint(ckpt, model, optimizer)
+        state = load_checkpoint(ckpt, model, optimizer, ema)
         log(f"resumed from {ckpt} at step {state.step} ({state.elapsed_s / 60:.1f} min)")
     sampler = CropSampler(
         train_crops,
@@ -287,6 +359,9 @@ def train(
         if cfg.grad_clip:
             torch.nn.utils.clip_grad_norm_(trainable, cfg.grad_clip)
         optimizer.step()
+        if ema is not None:
+            ema.update(model, state.ema_updates)
+            state.ema_updates += 1
         state.step += 1
         state.elapsed_s = time.time() - t_start
         running += float(loss.detach()) if state.step % 10 == 0 else 0.0
@@ -300,7 +375,7 @@ def train(
                 "lr": lr_now,
             }
             if validator is not None and state.step % cfg.val_every == 0:
-                rec.update({k: round(v, 3) for k, v in validator(model).items()})
+                rec.update(_validate(validator, model, ema))
                 log(json.dumps(rec))
             state.history.append(rec)
             log_file.write(json.dumps(rec) + "\n")
@@ -308,17 +383,29 @@ def train(
         if on_step is not None:
             on_step(state, _progress_fraction(cfg, state))
         if time.time() - last_ckpt >= cfg.checkpoint_minutes * 60:
-            save_checkpoint(ckpt, model, optimizer, cfg, state)
+            save_checkpoint(ckpt, model, optimizer, cfg, state, ema)
             last_ckpt = time.time()
-    save_checkpoint(ckpt, model, optimizer, cfg, state)
+    save_checkpoint(ckpt, model, optimizer, cfg, state, ema)
     if validator is not None:
         final = {"step": state.step, "elapsed_s": round(state.elapsed_s, 1), "final": True}
-        final.update({k: round(v, 3) for k, v in validator(model).items()})
+        final.update(_validate(validator, model, ema))
         state.history.append(final)
         log_file.write(json.dumps(final) + "\n")
         log(json.dumps(final))
     log_file.close()
+    if ema is not None:
+        log(f"returning the averaged weights (ema {cfg.ema_decay}, {state.ema_updates} updates)")
+        return ema.model, state
     return model, state
+
+
+def _validate(validator: Validator, model: torch.nn.Module, ema: WeightAverage | None) -> dict[str, float]:
+    scores = {k: round(v, 3) for k, v in validator(model).items()}
+    if ema is not None:
+        scores.update(
+            {f"ema_{k}": round(v, 3) for k, v in validator(ema.model).items() if k != "psnr_bicubic"}
+        )
+    return scores
 
 
 def export_weights(model: torch.nn.Module, path: Path, metadata: dict[str, str] | None = None) -> str:

@@ -487,3 +487,109 @@ def test_train_only_freezes_everything_else(tmp_path: Path) -> None:
         assert torch.equal(after[key], value), key
     moved = [k for k, v in after.items() if k.startswith("fine.") and v.abs().sum() > 0]
     assert "fine.fuse.2.weight" in moved  # the zero-initialised output conv has started to learn
+
+
+def test_weight_average_follows_the_weights_with_its_decay() -> None:
+    from hime_cli.training.train import WeightAverage
+
+    lin = torch.nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        lin.weight.fill_(0.0)
+    avg = WeightAverage(lin, decay=0.5)
+    assert avg.current_decay(0) == pytest.approx(0.1)  # ramped: an early average follows the weights
+    assert avg.current_decay(10_000) == 0.5
+    with torch.no_grad():
+        lin.weight.fill_(1.0)
+    avg.update(lin, updates=10_000)  # 0.5 · 0 + 0.5 · 1
+    assert torch.allclose(avg.model.weight, torch.full((1, 2), 0.5))
+    avg.update(lin, updates=10_000)
+    assert torch.allclose(avg.model.weight, torch.full((1, 2), 0.75))
+    assert not avg.model.weight.requires_grad
+    with pytest.raises(ValueError):
+        WeightAverage(lin, decay=1.0)
+
+
+def test_train_with_ema_checkpoints_resumes_and_returns_the_average(tmp_path: Path) -> None:
+    from hime_cli.sr.registry import create_model
+
+    cs = synthetic_crops()
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        arch="hime_test_x4",
+        batch=2,
+        steps=3,
+        log_every=1,
+        val_every=1,
+        warmup_steps=1,
+        lr=1e-2,
+        ema_decay=0.9,
+    )
+    torch.manual_seed(0)
+    averaged, state = train(cfg, cs, run, val_crops=cs)
+    assert state.ema_updates == 3
+    ckpt = run / "checkpoint.safetensors"
+    last = create_model("hime_test_x4")
+    load_checkpoint(ckpt, last, None)
+    from_ckpt = create_model("hime_test_x4")
+    load_checkpoint(ckpt, from_ckpt, None, weights="ema")
+    # the run returns the averaged weights, which the checkpoint holds beside (and unlike) the last ones
+    for (k, a), b in zip(averaged.state_dict().items(), from_ckpt.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+    assert any(
+        not torch.equal(a, b)
+        for a, b in zip(averaged.state_dict().values(), last.state_dict().values(), strict=True)
+    )
+    rec = [json.loads(s) for s in (run / "log.jsonl").read_text().splitlines()][0]
+    assert {"psnr_chosen", "ema_psnr_chosen", "ema_real_chosen"} <= set(rec)
+    # resumed, the average and its update count carry on
+    cfg5 = TrainConfig(**{**cfg.__dict__, "steps": 5})
+    _, state5 = train(cfg5, cs, run, resume=True)
+    assert state5.step == 5 and state5.ema_updates == 5
+
+
+def test_checkpoint_without_an_average_refuses_ema_weights_and_seeds_a_new_average(tmp_path: Path) -> None:
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.train import WeightAverage
+
+    cs = synthetic_crops()
+    cfg = TrainConfig(arch="hime_test_x4", batch=2, steps=2, log_every=1, val_every=100, warmup_steps=1)
+    model, _ = train(cfg, cs, tmp_path / "run")
+    ckpt = tmp_path / "run" / "checkpoint.safetensors"
+    with pytest.raises(ValueError, match="no averaged"):
+        load_checkpoint(ckpt, create_model("hime_test_x4"), None, weights="ema")
+    fresh = create_model("hime_test_x4")
+    avg = WeightAverage(fresh, 0.99)
+    state = load_checkpoint(ckpt, fresh, None, avg)
+    assert state.ema_updates == 0
+    for (k, a), b in zip(model.state_dict().items(), avg.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b), k
+
+
+def test_headless_entry_point_sets_ema_and_the_clean_share(tmp_path: Path) -> None:
+    from hime_cli.errors import UsageError
+    from hime_cli.training.run import main
+
+    cs = synthetic_crops()
+    data = tmp_path / "crops.npz"
+    cs.save(data)
+    run = tmp_path / "run"
+    common = [
+        "--data",
+        str(data),
+        "--run",
+        str(run),
+        "--arch",
+        "hime_test_x4",
+        "--steps",
+        "1",
+        "--batch",
+        "2",
+    ]
+    main([*common, "--degradation", "real", "--clean-prob", "0.45", "--ema", "0.99"])
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["ema_decay"] == 0.99
+    assert cfg["sampler"]["degradation"]["clean_prob"] == 0.45
+    with pytest.raises(UsageError, match="--degradation real"):
+        main([*common, "--clean-prob", "0.4"])
+    with pytest.raises(UsageError, match=r"\[0, 1\]"):
+        main([*common, "--degradation", "real", "--clean-prob", "1.5"])
