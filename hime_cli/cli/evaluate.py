@@ -42,6 +42,13 @@ def eval_cmd(
         help="Score the network as `hime enhance` runs it by default: on each face and its mirror "
         "image, averaged (off: the network alone, as every model card measures it).",
     ),
+    lr_crop: str = typer.Option(
+        "auto",
+        "--lr-crop",
+        help="For a ×4 network at --scale 8: native (the 16 px face, references halved, output "
+        "resampled), upsampled (the face Lanczos-enlarged to 32 px, full references), or auto: "
+        "as `hime enhance` crops for these weights (native for weights registered at ×8).",
+    ),
     json_out: JsonOpt = False,
 ) -> None:
     """Evaluate bicubic, hime, hime_blank (no refs) and hime_wrong_refs (another person's refs)."""
@@ -51,16 +58,20 @@ def eval_cmd(
 
     from hime_cli.errors import UsageError
     from hime_cli.training.degradation import PROTOCOLS
-    from hime_cli.training.evaluate import evaluate, load_model_for_eval, params_and_gmacs
+    from hime_cli.training.evaluate import LR_CROPS, evaluate, load_model_for_eval, params_and_gmacs
     from hime_cli.training.run import load_or_prepare
 
     if scale not in (4, 8):
         raise UsageError(f"--scale must be 4 or 8, got {scale}")
     if degradation not in PROTOCOLS:
         raise UsageError(f"--degradation must be one of {', '.join(PROTOCOLS)}, got {degradation!r}")
+    if lr_crop not in (*LR_CROPS, "auto"):
+        raise UsageError(f"--lr-crop must be auto, {' or '.join(LR_CROPS)}; got {lr_crop!r}")
     if threads:
         torch.set_num_threads(threads)
     model, label = load_model_for_eval(weights, scale)
+    if lr_crop == "auto":
+        lr_crop = _enhance_lr_crop(label, scale, int(model.scale))
     if mirror:
         from hime_cli.sr.ensemble import MirrorEnsemble
 
@@ -84,14 +95,17 @@ def eval_cmd(
             with_identity=not no_identity,
             degradation=degradation,
             seed=seed,
+            lr_crop=lr_crop,
             progress=lambda done, n: bar.update(task, completed=done, total=n),
         )
-    params, gmacs = params_and_gmacs(model, scale, refs)
+    params, gmacs = params_and_gmacs(model, scale, refs, result["net_input"])
     result = {**result, "weights": label, "mirror": mirror, "params": params, "gmacs": gmacs}
     order = [
         "scale",
         "model_scale",
         "lr_size",
+        "lr_crop",
+        "net_input",
         "degradation",
         "seed",
         "faces",
@@ -107,7 +121,13 @@ def eval_cmd(
     if json_out:
         print_json(result)
         return
-    via = f", ×{result['model_scale']} network resampled" if result.get("model_scale", scale) != scale else ""
+    via = ""
+    if result.get("model_scale", scale) != scale:
+        via = (
+            f", ×{result['model_scale']} network on the face enlarged to {result['net_input']} px"
+            if result["lr_crop"] == "upsampled"
+            else f", ×{result['model_scale']} network resampled"
+        )
     via += ", mirror ensemble" if mirror else ""
     table = Table(
         title=f"×{scale}{via} ({degradation}) on {result['faces']} faces of {result['identities']} people ({label})"
@@ -124,5 +144,16 @@ def eval_cmd(
         )
     out.print(table)
     out.print(
-        f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['lr_size']}→{result['lr_size'] * int(model.scale)} with {refs} refs"
+        f"params {params / 1e6:.3f} M, {gmacs} GMACs at {result['net_input']}→{result['net_input'] * int(model.scale)} with {refs} refs"
     )
+
+
+def _enhance_lr_crop(label: str, scale: int, model_scale: int) -> str:
+    """The LR crop ``hime enhance --scale`` gives these weights: their own zoom's input ("native")
+    for weights registered at ``scale`` (or used at their network's zoom), else the small face
+    enlarged to the network's input ("upsampled")."""
+    if model_scale == scale:
+        return "native"
+    from hime_cli.sr.inference import weights_input_scale
+
+    return "native" if weights_input_scale(label) == scale else "upsampled"

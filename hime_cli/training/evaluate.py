@@ -38,6 +38,21 @@ from hime_cli.training.metrics import psnr, ssim
 from hime_cli.training.prepare import HR_SIZE, CropSet
 
 METHODS = ("bicubic", "hime", "hime_random_refs", "hime_blank", "hime_wrong_refs")
+# How a network of a smaller zoom than the eval's (the ×4 network at ×8) gets its input:
+# "native", the 16 px face itself (references shrunk ×2, output resampled to 128 px: what
+# ``--face-scale 8`` trains); "upsampled", the 16 px face enlarged (Lanczos) to the network's
+# 32 px input, full-size references, the 128 px output scored as it is: how ``hime enhance``
+# crops a small face for weights registered at the network's own zoom (``faces.align.face_crop``).
+LR_CROPS = ("native", "upsampled")
+
+
+def upsample_lr(lr: torch.Tensor, size: int) -> torch.Tensor:
+    """(N, 3, h, w) → (N, 3, size, size) by Lanczos (OpenCV), as enhance warps a small face to its crop."""
+    import cv2
+
+    hwc = lr.permute(0, 2, 3, 1).contiguous().numpy().astype(np.float32)
+    out = np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_LANCZOS4) for img in hwc])
+    return torch.from_numpy(np.clip(out, 0.0, 1.0)).permute(0, 3, 1, 2).contiguous()
 
 
 @dataclass(frozen=True)
@@ -172,6 +187,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     degradation: str = "bicubic",
     seed: int = 0,
+    lr_crop: str = "native",
 ) -> dict:
     """Run every method on the plan's faces; returns the ``hime eval --json`` object (minus weights info).
 
@@ -179,10 +195,15 @@ def evaluate(
     references shrunk by ``scale / model.scale`` and its output resampled to the 128 px crop
     (bicubic) before it is scored: what ``--face-scale 8`` trains and what ``hime enhance --scale
     8`` runs for weights registered at ×8. For ×4 weights enhance differs: it upsamples a small
-    face to a 32 px crop first (``faces.align.face_crop``), which this protocol does not measure
-    (docs/training.md, "×8 through the ×4 network")."""
+    face to a 32 px crop first (``faces.align.face_crop``): ``lr_crop="upsampled"`` measures that
+    (:data:`LR_CROPS`; docs/training.md, "×8 through the ×4 network")."""
+    if lr_crop not in LR_CROPS:
+        raise ValueError(f"unknown lr_crop {lr_crop!r}; one of {', '.join(LR_CROPS)}")
     hr_all = canonical_view(crops)
     factor = 1 if model is None else scale // int(model.scale)
+    if factor == 1:
+        lr_crop = "native"  # the network's own zoom: nothing to choose
+    net_input = HR_SIZE // scale * (factor if lr_crop == "upsampled" else 1)
     lr_all = degraded_inputs(hr_all, scale, degradation, seed)
     queries = lr_appearance_vectors(lr_all) if degradation != "bicubic" else None
     plan = make_plan(crops, n_refs, limit, seed=seed, scale=scale, hr=hr_all, query_vectors=queries)
@@ -213,10 +234,12 @@ def evaluate(
                     refs = (
                         hr_all[np.where(mask_np, rows, 0)] * torch.from_numpy(mask_np)[..., None, None, None]
                     )
-                    refs = shrink_refs(refs, factor)
+                    if lr_crop == "native":
+                        refs = shrink_refs(refs, factor)
                     refs, mask = refs.to(device), torch.from_numpy(mask_np).to(device)
+                net_lr = upsample_lr(lr, net_input) if lr_crop == "upsampled" else lr
                 with torch.inference_mode():
-                    out = to_target_size(model(lr.to(device), refs, mask).float().cpu(), HR_SIZE)
+                    out = to_target_size(model(net_lr.to(device), refs, mask).float().cpu(), HR_SIZE)
             elapsed = time.perf_counter() - t0
             out = out.clamp(0, 1)
             s = sums[method]
@@ -232,6 +255,8 @@ def evaluate(
         "scale": scale,
         "model_scale": scale // factor,
         "lr_size": HR_SIZE // scale,
+        "lr_crop": lr_crop,
+        "net_input": net_input,
         "faces": n,
         "identities": int(len(np.unique(crops.identity[plan.targets]))) if n else 0,
         "refs": n_refs,
@@ -291,12 +316,15 @@ def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") ->
     return model.to(device).eval(), label
 
 
-def params_and_gmacs(model: torch.nn.Module, scale: int, n_refs: int = 3) -> tuple[int, float | None]:
+def params_and_gmacs(
+    model: torch.nn.Module, scale: int, n_refs: int = 3, lr_size: int | None = None
+) -> tuple[int, float | None]:
+    """Parameters and GMACs of one face (``lr_size``: the network's input, default 128 / ``scale``)."""
     params = sum(p.numel() for p in model.parameters())
     try:
         from hime_cli.sr.complexity import count_complexity
 
-        lr_size = HR_SIZE // scale
+        lr_size = lr_size or HR_SIZE // scale
         ref_size = lr_size * int(model.scale)
         p = next(model.parameters())
         lr = torch.rand(1, 3, lr_size, lr_size, device=p.device)
@@ -307,7 +335,9 @@ def params_and_gmacs(model: torch.nn.Module, scale: int, n_refs: int = 3) -> tup
 
 
 __all__ = [
+    "LR_CROPS",
     "degraded_inputs",
+    "upsample_lr",
     "evaluate",
     "make_plan",
     "IdentityDistance",

@@ -593,3 +593,97 @@ def test_headless_entry_point_sets_ema_and_the_clean_share(tmp_path: Path) -> No
         main([*common, "--clean-prob", "0.4"])
     with pytest.raises(UsageError, match=r"\[0, 1\]"):
         main([*common, "--degradation", "real", "--clean-prob", "1.5"])
+
+
+def test_evaluate_upsampled_lr_crop_feeds_the_x4_network_as_enhance_crops_a_small_face() -> None:
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.evaluate import upsample_lr
+
+    cs = synthetic_crops()
+    model = create_model("hime_test_x4").eval()
+    seen: list[tuple[int, int | None]] = []
+    forward = model.forward
+
+    def spy(lr, refs=None, mask=None):
+        seen.append((lr.shape[-1], None if refs is None else refs.shape[-1]))
+        return forward(lr, refs, mask)
+
+    model.forward = spy
+    kw = dict(scale=8, limit=3, with_identity=False, methods=("bicubic", "hime", "hime_blank"))
+    result = evaluate(model, cs, lr_crop="upsampled", **kw)
+    assert result["lr_crop"] == "upsampled" and result["net_input"] == 32 and result["lr_size"] == 16
+    assert (32, 128) in seen and (32, None) in seen and not any(s[0] == 16 for s in seen)
+    # the 128 px output is scored as it is, from the 16 px face enlarged with Lanczos
+    plan = make_plan(cs, 3, limit=3, scale=8)
+    hr = canonical_view(cs)
+    rows = plan.refs
+    refs = hr[np.maximum(rows, 0)] * torch.from_numpy(rows >= 0)[..., None, None, None]
+    with torch.no_grad():
+        out = forward(
+            upsample_lr(bicubic_downsample(hr[plan.targets], 8), 32), refs, torch.from_numpy(rows >= 0)
+        )
+    assert result["methods"]["hime"]["psnr"] == pytest.approx(
+        float(psnr(out.clamp(0, 1), hr[plan.targets]).mean()), abs=2e-3
+    )
+    native = evaluate(model, cs, **kw)
+    assert native["lr_crop"] == "native" and native["net_input"] == 16
+    assert native["methods"]["bicubic"] == result["methods"]["bicubic"]
+    assert native["methods"]["hime"]["psnr"] != result["methods"]["hime"]["psnr"]
+    # at the network's own zoom there is nothing to choose
+    assert (
+        evaluate(model, cs, scale=4, limit=2, with_identity=False, lr_crop="upsampled")["lr_crop"] == "native"
+    )
+    with pytest.raises(ValueError, match="lr_crop"):
+        evaluate(model, cs, lr_crop="bilinear", **kw)
+
+
+def test_upsample_lr_is_lanczos_and_keeps_the_range() -> None:
+    import cv2
+
+    from hime_cli.training.evaluate import upsample_lr
+
+    lr = torch.rand(2, 3, 16, 16)
+    up = upsample_lr(lr, 32)
+    assert up.shape == (2, 3, 32, 32) and float(up.min()) >= 0 and float(up.max()) <= 1
+    ref = cv2.resize(lr[1].permute(1, 2, 0).numpy(), (32, 32), interpolation=cv2.INTER_LANCZOS4)
+    assert np.allclose(up[1].permute(1, 2, 0).numpy(), np.clip(ref, 0, 1), atol=1e-6)
+
+
+def test_cli_eval_lr_crop_auto_follows_enhance(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from hime_cli.cli import evaluate as eval_cli
+    from hime_cli.sr.registry import create_model
+    from hime_cli.training.train import export_weights
+
+    cs = synthetic_crops()
+    data = tmp_path / "crops.npz"
+    cs.save(data)
+    weights = tmp_path / "w.safetensors"
+    export_weights(create_model("hime_test_x4"), weights, {"arch": "hime_test_x4"})
+    runner = CliRunner()
+    base = [
+        "eval",
+        str(data),
+        "--weights",
+        str(weights),
+        "--scale",
+        "8",
+        "--limit",
+        "2",
+        "--no-identity",
+        "--json",
+    ]
+
+    def lr_crop(*extra: str) -> dict:
+        res = runner.invoke(app, [*base, *extra])
+        assert res.exit_code == 0, res.output
+        return json.loads(res.stdout)
+
+    auto = lr_crop()  # an unregistered ×4 file: enhance enlarges a small face to its 32 px crop
+    assert auto["lr_crop"] == "upsampled" and auto["net_input"] == 32
+    assert lr_crop("--lr-crop", "native")["net_input"] == 16
+    # weights registered at ×8 (trained on 16 px faces) are cropped from 16 px, as enhance does
+    monkeypatch.setattr("hime_cli.sr.inference.weights_input_scale", lambda name: 8)
+    assert eval_cli._enhance_lr_crop(str(weights), 8, 4) == "native"
+    assert lr_crop()["lr_crop"] == "native"
+    res = runner.invoke(app, [*base, "--lr-crop", "nearest"])
+    assert res.exit_code != 0 and "--lr-crop" in res.output
