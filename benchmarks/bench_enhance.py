@@ -315,7 +315,7 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
                 refs.mkdir(parents=True)
                 for other in sorted(photo.parent.glob("*.jpg")):
                     if other != photo:
-                        (refs / other.name).symlink_to(other)
+                        (refs / other.name).symlink_to(other.resolve())  # a relative --data too
             folder = work / "sweep" / f"{size}_{k}"
             folder.mkdir(parents=True)
             original, small = downscale(photo, folder / "small.jpg", face.size / size, args.sweep_quality)
