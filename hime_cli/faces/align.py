@@ -163,10 +163,24 @@ def crop_face(rgb: np.ndarray, landmarks: np.ndarray, crop_size: int) -> tuple[n
 # ---------------------------------------------------------------- the SR crop of hime enhance
 
 
+# A face region of at least this share of the training LR side (20 of 32 px for a ×4 network) is
+# cropped at its own size; a smaller one is enlarged to the training side. Measured with the ×4
+# default on dev photos shrunk so the face box is t px (12 faces per size, gain over Lanczos ×4,
+# JPEG q95; docs/enhance.md "SR crop size"): t = 20–28 (regions ~22–31 px) gain 0.14–0.56 dB more
+# at their own size, t = 16 (regions ~18 px) 0.57 dB less.
+NATIVE_MIN_FRACTION = 0.625
+
+
+def native_min_size(model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
+    """The smallest face region (px) cropped at its own size: ``ceil(0.625 · train_hr / model_scale)``."""
+    return int(math.ceil(train_hr // model_scale * NATIVE_MIN_FRACTION - 1e-6))
+
+
 def lr_crop_size(region: float, model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
-    """LR crop side ``L = max(train_hr / model_scale, ceil(region))`` (see module docstring)."""
-    base = train_hr // model_scale
-    return max(base, int(math.ceil(region - 1e-6)))
+    """LR crop side ``L``: ``ceil(region)`` from :func:`native_min_size` up, else the training side
+    ``train_hr / model_scale`` (the small face enlarged to it)."""
+    native = int(math.ceil(region - 1e-6))
+    return native if native >= native_min_size(model_scale, train_hr) else train_hr // model_scale
 
 
 # A face rolled by at most this much is cropped axis-aligned (the network trains with ±6° jitter).
@@ -178,7 +192,8 @@ def face_crop(
 ) -> tuple[np.ndarray, int]:
     """(photo → LR crop affine (2, 3), L) for a face: the crop policy of ``faces.align``, resampling-free when it can be.
 
-    ``L = lr_crop_size(region_size(landmarks))``. When the face is at least ``L0`` pixels and rolled
+    ``L = lr_crop_size(region_size(landmarks))``. When the face is cropped at its own size
+    (``L = ceil(region)``, from :func:`native_min_size` up) and rolled
     by at most ``MAX_UNROTATED_DEG``, the crop is the canonical region's ``L × L`` square snapped to
     the photo's pixel grid (no rotation, scale 1, integer offset): no interpolation blurs the input,
     and the SR crop maps back onto the upscaled photo's grid exactly. The deviation from the
@@ -191,7 +206,7 @@ def face_crop(
     size = lr_crop_size(region, model_scale, train_hr)
     unit = alignment_matrix(landmarks, 1)
     roll = math.degrees(math.atan2(unit[1, 0], unit[0, 0]))
-    if region >= train_hr // model_scale and abs(roll) <= MAX_UNROTATED_DEG:
+    if size == int(math.ceil(region - 1e-6)) and abs(roll) <= MAX_UNROTATED_DEG:
         inverse = np.linalg.inv(np.vstack([unit, [0.0, 0.0, 1.0]]))
         cx, cy, _ = inverse @ np.array([0.5, 0.5, 1.0])
         x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))

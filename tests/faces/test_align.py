@@ -8,6 +8,7 @@ from hime_cli.faces.align import (
     affine_scale,
     alignment_matrix,
     compose_affine,
+    face_crop,
     invert_affine,
     region_size,
     scale_affine,
@@ -63,3 +64,23 @@ def test_warp_antialiases_when_shrinking() -> None:
     crop = warp_to_crop(photo, alignment_matrix(lm, 64), 64)
     assert abs(float(crop.mean()) - 0.5) < 0.02
     assert float(crop.std()) < 0.05
+
+
+def _upright_face(region: float, x0: float = 40.3, y0: float = 25.6) -> np.ndarray:
+    return CANONICAL_LANDMARKS * region + np.array([x0, y0])
+
+
+def test_face_crop_keeps_faces_from_20_px_at_their_own_size_on_the_pixel_grid() -> None:
+    for region, expected in ((18.0, 32), (22.4, 23), (27.5, 28), (45.0, 45)):
+        landmarks = _upright_face(region)
+        assert abs(region_size(landmarks) - region) < 1e-6
+        matrix, size = face_crop(landmarks, 4)
+        assert size == expected
+        snapped = np.allclose(matrix[:, :2], np.eye(2)) and np.allclose(matrix[:, 2], np.round(matrix[:, 2]))
+        # own size: sliced from the photo, never resampled; an enlarged small face is warped
+        assert snapped == (expected != 32 or region >= 32)
+    # a rolled face is warped whatever its size
+    theta = np.radians(15)
+    rot = np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+    matrix, size = face_crop(_upright_face(27.5) @ rot.T, 4)
+    assert size == 28 and not np.allclose(matrix[:, :2], np.eye(2))

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from hime_cli.errors import ModelError, UsageError
+from hime_cli.faces.align import native_min_size
 from hime_cli.sr.inference import (
     FaceSuperResolver,
     SRJob,
@@ -30,9 +31,15 @@ def _job(rng: np.random.Generator, size: int, n_refs: int, scale: int = 4) -> SR
 
 def test_lr_crop_size_policy() -> None:
     assert lr_crop_size(10.0, 4) == 32  # small face: up to the training size
+    assert lr_crop_size(19.0, 4) == 32
+    assert native_min_size(4) == 20
+    assert lr_crop_size(19.2, 4) == 20  # from 20 px up: its own size, never resampled
+    assert lr_crop_size(24.3, 4) == 25
     assert lr_crop_size(32.0, 4) == 32
     assert lr_crop_size(40.2, 4) == 41  # larger face: native resolution, never shrunk
-    assert lr_crop_size(10.0, 8) == 16
+    assert native_min_size(8) == 10
+    assert lr_crop_size(9.0, 8) == 16
+    assert lr_crop_size(16.0, 8) == 16
 
 
 def test_resolve_device() -> None:
