@@ -166,7 +166,7 @@ def crop_face(rgb: np.ndarray, landmarks: np.ndarray, crop_size: int) -> tuple[n
 # A face region of at least this share of the training LR side (20 of 32 px for a ×4 network) is
 # cropped at its own size; a smaller one is enlarged to the training side. Measured with the ×4
 # default on dev photos shrunk so the face box is t px (12 faces per size, gain over Lanczos ×4,
-# JPEG q95; docs/enhance.md "SR crop size"): t = 20–28 (regions ~22–31 px) gain 0.14–0.56 dB more
+# JPEG q95; docs/enhance.md "Small faces: the SR crop size"): t = 20–28 (regions ~22–31 px) gain 0.14–0.56 dB more
 # at their own size, t = 16 (regions ~18 px) 0.57 dB less.
 NATIVE_MIN_FRACTION = 0.625
 
@@ -176,10 +176,15 @@ def native_min_size(model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
     return int(math.ceil(train_hr // model_scale * NATIVE_MIN_FRACTION - 1e-6))
 
 
+def _own_size(region: float) -> int:
+    """The crop side of a face cropped at its own size: ``ceil(region)``."""
+    return int(math.ceil(region - 1e-6))
+
+
 def lr_crop_size(region: float, model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
     """LR crop side ``L``: ``ceil(region)`` from :func:`native_min_size` up, else the training side
     ``train_hr / model_scale`` (the small face enlarged to it)."""
-    native = int(math.ceil(region - 1e-6))
+    native = _own_size(region)
     return native if native >= native_min_size(model_scale, train_hr) else train_hr // model_scale
 
 
@@ -206,7 +211,7 @@ def face_crop(
     size = lr_crop_size(region, model_scale, train_hr)
     unit = alignment_matrix(landmarks, 1)
     roll = math.degrees(math.atan2(unit[1, 0], unit[0, 0]))
-    if size == int(math.ceil(region - 1e-6)) and abs(roll) <= MAX_UNROTATED_DEG:
+    if size == _own_size(region) and abs(roll) <= MAX_UNROTATED_DEG:
         inverse = np.linalg.inv(np.vstack([unit, [0.0, 0.0, 1.0]]))
         cx, cy, _ = inverse @ np.array([0.5, 0.5, 1.0])
         x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))

@@ -2,7 +2,7 @@
 
 ``python -m hime_cli.training.interpolate A B --alpha 0.5 --arch hime_small_x4 --out W`` writes
 the blend as fp32 safetensors. Both files must load strictly into ``--arch`` and hold the same
-tensors; the blend is loaded back the same way before it is written. Meant for two fine-tunes of
+tensors (names and shapes), so the blend fits ``--arch`` as they do. Meant for two fine-tunes of
 one lineage (a clean-trained weight and its fine-tune on the `real` degradation: weight-space
 ensembling, WiSE-FT), where the straight line between them stays in the same basin; between
 unrelated trainings it gives noise. The output's metadata records both inputs (name, sha256)
@@ -11,26 +11,18 @@ and alpha.
 
 from __future__ import annotations
 
-import hashlib
 import json
-import os
-import tempfile
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
+
+from hime_cli.errors import ModelError
+from hime_cli.files import atomic_write_bytes, sha256_file
 
 
 class InterpolateError(ValueError):
     """The two weights cannot be blended (different tensors, or alpha out of range)."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def interpolate_state(
@@ -60,7 +52,7 @@ def interpolate_state(
 
 
 def interpolate_files(a: Path, b: Path, alpha: float, out: Path, *, arch: str) -> Path:
-    """Blend ``a`` and ``b`` into ``out`` (written atomically, checked to load strictly into ``arch``)."""
+    """Blend ``a`` and ``b`` into ``out`` (written atomically); both must load strictly into ``arch``."""
     from hime_cli.sr.registry import create_model
 
     for p in (a, b):
@@ -68,19 +60,10 @@ def interpolate_files(a: Path, b: Path, alpha: float, out: Path, *, arch: str) -
     state = interpolate_state(load_file(str(a)), load_file(str(b)), alpha)
     meta = {
         "interpolated": json.dumps(
-            {"a": a.name, "a_sha256": _sha256(a), "b": b.name, "b_sha256": _sha256(b), "alpha": alpha}
+            {"a": a.name, "a_sha256": sha256_file(a), "b": b.name, "b_sha256": sha256_file(b), "alpha": alpha}
         )
     }
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp.safetensors")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata=meta)
-        create_model(arch, checkpoint_path=Path(tmp))
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    atomic_write_bytes(out, save(state, metadata=meta), error=ModelError)
     return out
 
 
