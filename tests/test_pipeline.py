@@ -579,3 +579,8 @@ def test_settings_key_follows_the_default_model(monkeypatch: pytest.MonkeyPatch)
     monkeypatch.setattr(inference, "default_weights_name", lambda scale: "hime_small_x8")
     assert default.settings_key() != before[0]
     assert pinned.settings_key() == before[1]  # --weights given: what was typed is the model
+    # the small-face weights the default runs on the smallest faces are part of it too
+    changed = default.settings_key()
+    monkeypatch.setattr(inference, "SMALL_FACE_WEIGHTS", "hime_small_x4.celeba_wild_real_x8_v1")
+    assert default.settings_key() != changed
+    assert pinned.settings_key() == before[1]

@@ -61,7 +61,9 @@ AllPhotosOpt = Annotated[
 WeightsOpt = Annotated[
     str | None,
     typer.Option(
-        "--weights", help="Model weights: a registered NAME (`hime models list`) or a .safetensors PATH."
+        "--weights",
+        help="Model weights: a registered NAME (`hime models list`) or a .safetensors PATH, run on "
+        "every face (the default runs faces under 20 px through weights trained on 16 px faces).",
     ),
 ]
 ExemplarHrSizeOpt = Annotated[

@@ -17,9 +17,11 @@ For every input photo (files and folders, recursively):
    pose), never from the same photo nor from a copy of it (a resized export of the same shot);
    of the ``APPEARANCE_POOL`` best, those that look most like the LR face
    (:func:`hime_cli.identities.exemplars.order_by_appearance`).
-4. **SR**: each face is cropped with the project's one crop policy (``faces.align``) at
-   ``L = max(128 / model_scale, ceil(region))`` pixels; faces of many photos are batched by ``L``
-   (:mod:`hime_cli.sr.inference`).
+4. **SR**: each face is cropped with the project's one crop policy (``faces.align.face_crop``):
+   at its own size ``L = ceil(region)`` from ``native_min_size`` up (20 px for the ×4 weights),
+   else enlarged to the weights' 128 / zoom px; with the default weights the faces under 20 px go
+   to the small-face weights, trained on whole 16 px faces (``sr.inference.CropRules``). Faces of
+   many photos are batched by network and ``L`` (:mod:`hime_cli.sr.inference`).
 5. **Paste-back**: the whole photo is upscaled with Lanczos, each SR face is colour-matched and
    blended in through the inverse crop transform with a feathered mask (:mod:`hime_cli.sr.pasteback`).
 6. **Write**: same format and extension, metadata kept (``library.writer``), atomically; in place

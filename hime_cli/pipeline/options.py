@@ -169,12 +169,19 @@ class EnhanceOptions:
 
 
 def _default_weights_key(scale: int) -> str:
-    """The registry entry (name and sha256) that enhance's default model resolves to for ``scale``."""
+    """The registry entries (name and sha256) that enhance's default models resolve to for
+    ``scale``: the default weights and, where it runs, the small-face weights
+    (``sr.inference.small_face_weights``)."""
+    from hime_cli.sr.inference import default_weights_name, small_face_weights
+
+    names = [default_weights_name(scale), small_face_weights(scale)]
+    return " + ".join(_weights_key(name) for name in names if name is not None)
+
+
+def _weights_key(name: str) -> str:
     from hime_cli.errors import ModelError
     from hime_cli.hub import find_entry
-    from hime_cli.sr.inference import default_weights_name
 
-    name = default_weights_name(scale)
     try:
         entry = find_entry(name)
     except ModelError:  # no registry entry: the name is all there is

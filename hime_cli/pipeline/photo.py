@@ -7,6 +7,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -17,6 +18,9 @@ from hime_cli.pipeline.options import EnhanceOptions, FaceReport, PhotoReport
 from hime_cli.pipeline.plan import PlannedPhoto
 from hime_cli.pipeline.sources import ExemplarSource
 from hime_cli.types import LoadedImage
+
+if TYPE_CHECKING:
+    from hime_cli.sr.inference import CropRules
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +42,7 @@ def prepare_photo(
     source: ExemplarSource,
     crops: stages.ExemplarCrops,
     opts: EnhanceOptions,
-    model_scale: int,
-    crop_scale: int | None = None,
+    rules: CropRules,
 ) -> PreparedPhoto:
     """Read a photo (its original, when hime replaced it in place), find its faces, then
     select_faces → gather_exemplars."""
@@ -53,9 +56,7 @@ def prepare_photo(
     faces = source.faces(plan.source, loaded)
     reports: list[FaceReport] = []
     jobs: list[stages.FaceJob] = []
-    for item in stages.select_faces(
-        loaded.rgb, faces, source.targets(faces, opts), opts, model_scale, crop_scale
-    ):
+    for item in stages.select_faces(loaded.rgb, faces, source.targets(faces, opts), opts, rules):
         if isinstance(item, stages.SelectedFace):
             refs = stages.gather_exemplars(item, loaded.rgb, source, crops, opts, plan.source)
             jobs.append(stages.FaceJob(item, refs))

@@ -9,7 +9,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from hime_cli.pipeline import stages
 from hime_cli.pipeline.compare import write_compare_index
@@ -29,6 +29,9 @@ from hime_cli.pipeline.options import (
 from hime_cli.pipeline.photo import PreparedPhoto, finish_photo, prepare_photo
 from hime_cli.pipeline.plan import plan_outputs
 from hime_cli.pipeline.sources import ExemplarSource, IndexSource, RefsFolderSource, scan_missing
+
+if TYPE_CHECKING:
+    from hime_cli.sr.inference import CropRules
 
 log = logging.getLogger(__name__)
 
@@ -119,23 +122,14 @@ class Enhancer:
             ledger.record_folder(folder)
         folder.mkdir(parents=True, exist_ok=True)
 
-    def _model_scale(self) -> int:
+    def _crop_rules(self) -> CropRules:
+        """Which network each face goes to and how it is cropped for it (sr.inference.CropRules):
+        the loaded model's, or for --dry-run (no model) the ones it would have."""
         if self.model:
-            return self.model.scale
-        # --dry-run loads no model: every scale uses a ×4 network unless --weights names a ×8 one
-        # (the architecture, before the tag: hime_small_x4.celeba_wild_real_x8_v1 is a ×4 network)
-        arch = Path(str(self.options.weights or "")).name.split(".")[0]
-        return 8 if self.options.scale == 8 and arch.endswith("_x8") else 4
+            return self.model.rules
+        from hime_cli.sr.inference import crop_rules
 
-    def _crop_scale(self) -> int:
-        """The zoom the LR crops are sized for: the weights' training zoom (sr.inference)."""
-        if self.model:
-            return self.model.input_scale
-        from hime_cli.sr.inference import default_weights_name, weights_input_scale
-
-        return weights_input_scale(self.options.weights or default_weights_name(self.options.scale)) or (
-            self._model_scale()
-        )
+        return crop_rules(self.options.weights, self.options.scale)
 
     def _stage(self, name: str, stage: str | None = None) -> None:
         self._emit(message=name, stage=stage or name)
@@ -181,11 +175,11 @@ class Enhancer:
         """Read photos and prepare their faces, yielding groups that share SR batches."""
         chunk: list[tuple[int, PreparedPhoto]] = []
         n_faces = n_pixels = 0
-        model_scale, crop_scale = self._model_scale(), self._crop_scale()  # once: the same every photo
+        rules = self._crop_rules()  # once: the same every photo
         for i, plan in todo:
             self._emit(message=plan.source.name)
             try:
-                photo = prepare_photo(plan, source, self.crops, self.options, model_scale, crop_scale)
+                photo = prepare_photo(plan, source, self.crops, self.options, rules)
             except Exception as exc:  # one bad photo never stops the batch
                 reports[i] = PhotoReport(plan.source, plan.dest, "failed", failure_reason(exc))
                 self._add(photos_done=1)

@@ -45,7 +45,7 @@ from hime_cli.types import Exemplar, ExemplarSet, Face, LoadedImage
 if TYPE_CHECKING:
     from hime_cli.pipeline.ledger import EnhanceLedger
     from hime_cli.pipeline.plan import PlannedPhoto
-    from hime_cli.sr.inference import FaceSuperResolver
+    from hime_cli.sr.inference import CropRules, FaceSuperResolver, RoutedSuperResolver
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class SelectedFace:
     lr_size: int  # L
     lr: np.ndarray  # (L, L, 3) float32
     hr_size: int  # L · model scale: the SR crop, and the exemplars' crop size
+    route: int = 0  # the network it goes to (sr.inference.CropRules; 0: the main one)
 
 
 def select_faces(
@@ -71,14 +72,14 @@ def select_faces(
     faces: Sequence[TargetFace],
     targets: set[int],
     options: EnhanceOptions,
-    model_scale: int,
-    crop_scale: int | None = None,
+    rules: CropRules,
 ) -> tuple[FaceReport | SelectedFace, ...]:
     """Every face of a photo in order: a :class:`FaceReport` saying why it is left alone
     (not-target, low-score, too-large), or a :class:`SelectedFace` cropped for SR.
 
-    ``crop_scale`` sizes the LR crop (``faces.align.face_crop``; default ``model_scale``): a ×4
-    network trained for ×8 takes faces from 16 px up, its references and output are ``4L`` px."""
+    ``rules`` names each face's network by its size and the zoom its LR crop is sized for
+    (``faces.align.face_crop``): a ×4 network trained for ×8 takes faces from 10 px up at their
+    own size (16 px enlarged below), its references and output are ``4L`` px."""
     chosen: list[FaceReport | SelectedFace] = []
     for k, face in enumerate(faces):
         det = face.detected
@@ -93,9 +94,11 @@ def select_faces(
                 replace(base, status="too-large", reason=f"face region > {options.face_limit:g} px")
             )
         else:
-            matrix, lr_size = face_crop(det.landmarks, crop_scale or model_scale)
+            route = rules.for_region(size)
+            matrix, lr_size = face_crop(det.landmarks, route.crop_scale)
             lr = crop_image(rgb, matrix, lr_size)
-            chosen.append(SelectedFace(k, face, base, matrix, lr_size, lr, lr_size * model_scale))
+            hr_size = lr_size * route.model_scale
+            chosen.append(SelectedFace(k, face, base, matrix, lr_size, lr, hr_size, route.route))
     return tuple(chosen)
 
 
@@ -272,13 +275,16 @@ class FaceJob:
 
 
 def super_resolve(
-    model: FaceSuperResolver, jobs: Sequence[FaceJob], on_batch: Callable[[int], None] | None = None
+    model: FaceSuperResolver | RoutedSuperResolver,
+    jobs: Sequence[FaceJob],
+    on_batch: Callable[[int], None] | None = None,
 ) -> list[np.ndarray]:
     """The SR crop (L·model_scale px) of every job, in order; faces of equal L share batches."""
     from hime_cli.sr.inference import SRJob
 
     return model.run(
-        [SRJob(j.selected.lr, tuple(e.crop for e in j.exemplars.exemplars)) for j in jobs], on_batch=on_batch
+        [SRJob(j.selected.lr, tuple(e.crop for e in j.exemplars.exemplars), j.selected.route) for j in jobs],
+        on_batch=on_batch,
     )
 
 

@@ -15,6 +15,7 @@ so that their pixel count stays under a memory budget.
 from __future__ import annotations
 
 import logging
+import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -29,6 +30,7 @@ from hime_cli.faces.align import (  # noqa: F401  (the crop policy lives in face
     crop_image,
     face_crop,
     lr_crop_size,
+    native_min_size,
     resize_crop,
     upscaled_crop_matrix,
 )
@@ -64,10 +66,40 @@ class SRJob:
 
     lr: np.ndarray  # (L, L, 3) float32 RGB in [0, 1]
     refs: tuple[np.ndarray, ...] = field(default_factory=tuple)  # each (L*s, L*s, 3), s = model scale
+    route: int = 0  # which network of a RoutedSuperResolver (CropRules.for_region); 0: the main one
 
     @property
     def size(self) -> int:
         return int(self.lr.shape[0])
+
+
+@dataclass(frozen=True)
+class CropRoute:
+    """One network of a run and how a face is cropped for it (``faces.align.face_crop``)."""
+
+    route: int  # SRJob.route
+    crop_scale: int  # the zoom the LR crop is sized for (the weights' training zoom)
+    model_scale: int  # the network's zoom: its SR crop (and the exemplars) are L · model_scale px
+
+
+@dataclass(frozen=True)
+class CropRules:
+    """Which network a face goes to, by its region side (``faces.align.region_size``): faces whose
+    own crop side ``ceil(region)`` is under ``small_below`` px to ``small`` (the small-face
+    weights), the rest to ``main``."""
+
+    main: CropRoute
+    small: CropRoute | None = None
+    small_below: float = 0.0
+
+    @classmethod
+    def single(cls, model_scale: int, crop_scale: int | None = None) -> CropRules:
+        return cls(CropRoute(0, int(crop_scale or model_scale), int(model_scale)))
+
+    def for_region(self, region: float) -> CropRoute:
+        if self.small is not None and math.ceil(region - 1e-6) < self.small_below:
+            return self.small
+        return self.main
 
 
 class FaceSuperResolver:
@@ -97,6 +129,11 @@ class FaceSuperResolver:
         self.name = name or type(model).__name__
         default = CUDA_BATCH_PIXELS if self.device.startswith("cuda") else CPU_BATCH_PIXELS
         self.batch_pixels = int(batch_pixels or default)
+
+    @property
+    def rules(self) -> CropRules:
+        """Every face to this network, cropped for its weights' zoom."""
+        return CropRules.single(self.scale, self.input_scale)
 
     def _check(self, job: SRJob) -> None:
         size = job.size
@@ -173,6 +210,37 @@ class FaceSuperResolver:
         return [r for r in results if r is not None]
 
 
+class RoutedSuperResolver:
+    """The default weights for most faces and the small-face weights for the smallest
+    (:func:`small_face_weights`): each job runs through the network its ``route`` names. The same
+    interface as :class:`FaceSuperResolver` (``name``, ``device``, ``scale``, ``rules``, ``run``)."""
+
+    def __init__(self, main: FaceSuperResolver, small: FaceSuperResolver, small_below: float) -> None:
+        if main.scale != small.scale:
+            raise ValueError(f"the two networks must have one zoom (×{main.scale} and ×{small.scale})")
+        self.main, self.small, self.small_below = main, small, float(small_below)
+        self.device, self.scale, self.input_scale = main.device, main.scale, main.input_scale
+        self.name = f"{main.name} (faces under {small_below:g} px: {small.name})"
+
+    @property
+    def rules(self) -> CropRules:
+        small = CropRoute(1, self.small.input_scale, self.small.scale)
+        return CropRules(self.main.rules.main, small, self.small_below)
+
+    def run(self, jobs: Sequence[SRJob], on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
+        """SR crops in the order of ``jobs``, each from the network of its route."""
+        results: list[np.ndarray | None] = [None] * len(jobs)
+        for route, net in ((0, self.main), (1, self.small)):
+            picked = [i for i, job in enumerate(jobs) if job.route == route]
+            if picked:
+                for i, out in zip(picked, net.run([jobs[i] for i in picked], on_batch), strict=True):
+                    results[i] = out
+        unknown = sorted({job.route for job in jobs} - {0, 1})
+        if unknown:
+            raise ValueError(f"unknown route(s) {unknown}: 0 is the main network, 1 the small-face one")
+        return [r for r in results if r is not None]
+
+
 def default_weights_name(scale: int) -> str:
     """Registry name of the model ``enhance`` uses for an output scale: the ×4 network at every scale.
 
@@ -183,14 +251,37 @@ def default_weights_name(scale: int) -> str:
     at 16 / 24 / 32 / 40 px faces, ×4 model +1.52 / +1.57 / +1.57 / +1.24 dB; at q75 +0.94 / +0.48 /
     +0.40 / +0.29 against +1.35 / +1.76 / +1.50 / +1.25 (docs/enhance.md, "Scales").
 
-    ``hime_small_x4.celeba_wild_real_x8_v1``, the same network fine-tuned for ×8 on 16 px faces
-    (``--face-scale 8``), is better on 16 px faces (``hime eval --scale 8``: +0.49 dB clean; the
-    sweep above at q95: +1.70 against +1.52 dB) and worse from 24 px up (+1.49 / +1.04 / +0.72 at
-    24 / 32 / 40 px against +1.57 / +1.57 / +1.24): registered, not the default
-    (docs/training.md, "×8 through the ×4 network").
+    The faces it would enlarge to its 32 px input (regions under 20 px) go to
+    :data:`SMALL_FACE_WEIGHTS` instead, at ×4 and ×8 (:func:`small_face_weights`): the same
+    network fine-tuned on whole 16 px faces (``--face-scale 8``), better there and worse from 24 px
+    up (docs/training.md, "×8 through the ×4 network"; docs/enhance.md, "The smallest faces").
     """
     del scale  # every scale; kept so callers say which output they want
     return "hime_small_x4"
+
+
+# The smallest faces, those the default weights only see enlarged to their 32 px input (regions
+# under faces.align.native_min_size(4) = 20 px), go to the ×4 network trained on whole 16 px faces
+# (``--face-scale 8``), cropped at their own size. Face-box gain over Lanczos on celeba-wild dev
+# photos shrunk so the face box is t px (benchmarks/bench_enhance.py --sweep-only, 12 faces per
+# size, one pass), default → these weights, dB: ×8 at JPEG q95, t = 12 / 16 / 20: +0.78 → +2.12,
+# +1.30 → +1.75, +1.66 → +1.49 (the t = 20 faces have regions over 20 px: not routed); the rest of
+# the measurements in docs/enhance.md, "The smallest faces".
+SMALL_FACE_WEIGHTS = "hime_small_x4.celeba_wild_real_x8_v2"
+SMALL_FACE_SCALES = (4, 8)
+
+
+def small_face_weights(scale: int, weights: str | None = None) -> str | None:
+    """The weights enhance runs on faces under :func:`small_face_below` px, or None: only with
+    the default weights (``--weights`` runs the one network it names on every face) and at the
+    output scales it was measured better at (:data:`SMALL_FACE_SCALES`)."""
+    return SMALL_FACE_WEIGHTS if weights is None and scale in SMALL_FACE_SCALES else None
+
+
+def small_face_below(main_input_scale: int) -> int:
+    """Faces whose own crop is under this (px) go to the small-face weights: exactly those the
+    main weights would enlarge to their training input (``faces.align.native_min_size``)."""
+    return native_min_size(main_input_scale)
 
 
 def load_super_resolver(
@@ -199,24 +290,52 @@ def load_super_resolver(
     device: str = "auto",
     batch_pixels: int | None = None,
     mirror: bool = True,
-) -> FaceSuperResolver:
+) -> FaceSuperResolver | RoutedSuperResolver:
     """Build the model for ``--weights NAME|PATH`` (or the default for ``scale``) and wrap it.
 
     Missing weights are a :class:`ModelError` naming the command that fetches them; ``--scale 8``
     (like every scale) uses the ×4 network unless ``weights`` names another (see
     :func:`default_weights_name`). ``mirror`` runs it as a :class:`~hime_cli.sr.ensemble.MirrorEnsemble`
-    (the face and its mirror image, averaged: twice the SR cost, measured better).
+    (the face and its mirror image, averaged: twice the SR cost, measured better). With the
+    default weights, faces under :func:`small_face_below` px run through
+    :func:`small_face_weights` (a :class:`RoutedSuperResolver`).
     """
+    resolved = resolve_device(device)
+    main = _resolver(weights or default_weights_name(scale), resolved, batch_pixels, mirror)
+    small_name = small_face_weights(scale, weights)
+    if small_name is None:
+        return main
+    small = _resolver(small_name, resolved, batch_pixels, mirror)
+    return RoutedSuperResolver(main, small, small_face_below(main.input_scale))
+
+
+def _resolver(name: str, device: str, batch_pixels: int | None, mirror: bool) -> FaceSuperResolver:
     from hime_cli.sr.ensemble import MirrorEnsemble
     from hime_cli.sr.registry import create_model
 
-    resolved = resolve_device(device)
-    name = weights or default_weights_name(scale)
     model, label, entry = _build(name, create_model)
     input_scale = _entry_input_scale(entry)
     if mirror:
         model = MirrorEnsemble(model)  # the label stays the weights' name (reports, compare sheets)
-    return FaceSuperResolver(model, resolved, batch_pixels, label, input_scale)
+    return FaceSuperResolver(model, device, batch_pixels, label, input_scale)
+
+
+def crop_rules(weights: str | None, scale: int) -> CropRules:
+    """The :class:`CropRules` :func:`load_super_resolver` would give, without loading a model
+    (``--dry-run`` plans the same crops). The network's zoom is read from the name: every scale
+    uses a ×4 network unless ``weights`` names an ×8 architecture (the part before the tag:
+    ``hime_small_x4.celeba_wild_real_x8_v1`` is a ×4 network)."""
+    from pathlib import Path
+
+    arch = Path(str(weights or "")).name.split(".")[0]
+    model_scale = 8 if scale == 8 and arch.endswith("_x8") else 4
+    name = weights or default_weights_name(scale)
+    main = CropRoute(0, weights_input_scale(name) or model_scale, model_scale)
+    small_name = small_face_weights(scale, weights)
+    if small_name is None:
+        return CropRules(main)
+    small = CropRoute(1, weights_input_scale(small_name) or 4, 4)
+    return CropRules(main, small, small_face_below(main.crop_scale))
 
 
 def weights_input_scale(name: str) -> int | None:

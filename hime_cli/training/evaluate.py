@@ -289,13 +289,18 @@ def degraded_inputs(
 
 
 def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") -> tuple[torch.nn.Module, str]:
-    """Resolve ``--weights NAME|PATH`` (default: the model ``hime enhance`` uses at ``scale``,
-    :func:`hime_cli.sr.inference.default_weights_name`). A network whose zoom divides ``scale``
-    (×4 at ×8) is evaluated on 16 px faces, output resampled (see :func:`evaluate`)."""
-    from hime_cli.sr.inference import default_weights_name
+    """Resolve ``--weights NAME|PATH`` (default: the model ``hime enhance`` runs on the eval's
+    faces at ``scale``: :func:`hime_cli.sr.inference.default_weights_name`, or at ×8, whose 16 px
+    faces are under the small-face threshold, :func:`~hime_cli.sr.inference.small_face_weights`).
+    A network whose zoom divides ``scale`` (×4 at ×8) is evaluated on 16 px faces, output
+    resampled (see :func:`evaluate`)."""
+    from hime_cli.sr.inference import default_weights_name, small_face_below, small_face_weights
     from hime_cli.sr.registry import create_model
 
     name = weights or default_weights_name(scale)
+    small = small_face_weights(scale, weights)
+    if small is not None and HR_SIZE // scale < small_face_below(4):
+        name = small  # what enhance runs on a face this small
     path = Path(name)
     if path.suffix == ".safetensors" and path.exists():
         from safetensors import safe_open

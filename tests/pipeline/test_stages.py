@@ -13,6 +13,7 @@ from PIL import Image
 from hime_cli.faces.align import CANONICAL_LANDMARKS, region_size
 from hime_cli.pipeline import EnhanceLedger, EnhanceOptions, FaceReport, PlannedPhoto, stages
 from hime_cli.pipeline.sources import ExemplarSource, TargetFace
+from hime_cli.sr.inference import CropRules, crop_rules
 from hime_cli.types import Box, DetectedFace, Face
 
 
@@ -34,7 +35,7 @@ def rgb() -> np.ndarray:
 
 def test_select_faces_reports_why_a_face_is_left_alone(rgb: np.ndarray) -> None:
     faces = [_face(10, 10, 40), _face(60, 10, 40, score=0.5), _face(0, 0, 150), _face(90, 90, 40)]
-    chosen = stages.select_faces(rgb, faces, {0, 1, 2}, EnhanceOptions(), model_scale=4)
+    chosen = stages.select_faces(rgb, faces, {0, 1, 2}, EnhanceOptions(), CropRules.single(4))
     assert [c.status if isinstance(c, FaceReport) else "selected" for c in chosen] == [
         "selected",
         "low-score",
@@ -52,13 +53,30 @@ def test_select_faces_sizes_crops_for_the_weights_training_zoom(rgb: np.ndarray)
     """A ×4 network trained for ×8 (crop_scale 8) takes a small face at its native size from 16 px
     up, not upsampled to 32 px; its references and output stay the network's 4L px."""
     faces = [_face(10, 10, 18), _face(60, 60, 40)]
-    small, large = stages.select_faces(rgb, faces, {0, 1}, EnhanceOptions(scale=8), 4, crop_scale=8)
+    small, large = stages.select_faces(rgb, faces, {0, 1}, EnhanceOptions(scale=8), CropRules.single(4, 8))
     assert isinstance(small, stages.SelectedFace) and isinstance(large, stages.SelectedFace)
     assert small.lr_size == max(16, int(np.ceil(region_size(faces[0].landmarks) - 1e-6))) < 32
     assert small.hr_size == small.lr_size * 4
     assert large.lr_size == int(np.ceil(region_size(faces[1].landmarks) - 1e-6))  # native: unchanged
-    (default,) = stages.select_faces(rgb, faces[:1], {0}, EnhanceOptions(scale=8), 4)
+    (default,) = stages.select_faces(rgb, faces[:1], {0}, EnhanceOptions(scale=8), CropRules.single(4))
     assert isinstance(default, stages.SelectedFace) and default.lr_size == 32
+
+
+def test_select_faces_routes_the_smallest_faces_to_the_small_face_weights(rgb: np.ndarray) -> None:
+    """With the default weights, faces under 20 px (those the ×4 default would enlarge to 32 px)
+    go to route 1, the weights trained on whole 16 px faces, cropped at their own size from 10 px
+    up (16 px below); the others keep the default's crop. Every SR crop is 4L px."""
+    rules = crop_rules(None, 8)
+    faces = [_face(10, 10, 14), _face(40, 10, 8), _face(60, 60, 19), _face(100, 100, 24), _face(10, 90, 40)]
+    chosen = stages.select_faces(rgb, faces, set(range(len(faces))), EnhanceOptions(scale=8), rules)
+    assert all(isinstance(c, stages.SelectedFace) for c in chosen)
+    routes = [(c.route, c.lr_size, c.hr_size) for c in chosen]  # type: ignore[union-attr]
+    assert routes == [(1, 14, 56), (1, 16, 64), (1, 19, 76), (0, 24, 96), (0, 41, 164)]
+    # --weights names one network for every face: no route 1
+    one = stages.select_faces(
+        rgb, faces, set(range(5)), EnhanceOptions(scale=8), crop_rules("hime_small_x4", 8)
+    )
+    assert [(c.route, c.lr_size) for c in one] == [(0, 32), (0, 32), (0, 32), (0, 24), (0, 41)]  # type: ignore[union-attr]
 
 
 def test_select_faces_limits_the_crop_region_side_not_the_box_side(rgb: np.ndarray) -> None:
@@ -71,7 +89,9 @@ def test_select_faces_limits_the_crop_region_side_not_the_box_side(rgb: np.ndarr
         return TargetFace(DetectedFace(Box(5, 5, 5 + box, 5 + box), landmarks, 0.99))
 
     small_box, small_region = face(region=120, box=80), face(region=80, box=120)
-    chosen = stages.select_faces(rgb, [small_box, small_region], {0, 1}, EnhanceOptions(max_face=96), 4)
+    chosen = stages.select_faces(
+        rgb, [small_box, small_region], {0, 1}, EnhanceOptions(max_face=96), CropRules.single(4)
+    )
     too_large, selected = chosen
     assert isinstance(too_large, FaceReport) and too_large.status == "too-large"
     assert "region > 96 px" in (too_large.reason or "")
@@ -106,7 +126,7 @@ def test_gather_exemplars_best_first_one_per_photo_and_says_why_not(tmp_path: Pa
     other = tmp_path / "other.png"
     Image.fromarray(_astronaut(480)[:, ::-1].copy()).save(other)
     target = _face(10, 10, 40, face_id=1, photo_id=1, identity_id=7)
-    (selected,) = stages.select_faces(rgb, [target], {0}, EnhanceOptions(), 4)
+    (selected,) = stages.select_faces(rgb, [target], {0}, EnhanceOptions(), CropRules.single(4))
     assert isinstance(selected, stages.SelectedFace)
     candidates = [
         _candidate(big, 10, 2, 300),
@@ -137,7 +157,7 @@ def test_super_resolve_and_paste_faces(rgb: np.ndarray) -> None:
     from hime_cli.sr.registry import create_model
     from hime_cli.types import ExemplarSet
 
-    (selected,) = stages.select_faces(rgb, [_face(30, 30, 40)], {0}, EnhanceOptions(), 4)
+    (selected,) = stages.select_faces(rgb, [_face(30, 30, 40)], {0}, EnhanceOptions(), CropRules.single(4))
     assert isinstance(selected, stages.SelectedFace)
     torch.manual_seed(0)
     model = FaceSuperResolver(create_model("hime_test_x4"), "cpu", name="hime_test_x4")

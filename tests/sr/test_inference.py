@@ -148,5 +148,57 @@ def test_x8_weights_take_faces_at_their_training_zoom() -> None:
     sr = load_super_resolver(x8, scale=8, device="cpu")
     assert (sr.scale, sr.input_scale) == (4, 8)
     # --dry-run loads no model, yet plans the same crops
-    assert Enhancer(EnhanceOptions(scale=8, weights=x8, dry_run=True))._crop_scale() == 8
-    assert Enhancer(EnhanceOptions(scale=8, dry_run=True))._crop_scale() == 4
+    rules = Enhancer(EnhanceOptions(scale=8, weights=x8, dry_run=True))._crop_rules()
+    assert rules == sr.rules and (rules.main.crop_scale, rules.small) == (8, None)
+    assert Enhancer(EnhanceOptions(scale=8, dry_run=True))._crop_rules().main.crop_scale == 4
+
+
+@pytest.mark.parametrize("scale", [1, 2, 4, 8])
+def test_default_weights_route_the_smallest_faces(scale: int) -> None:
+    """With the default weights, enhance at ×4 and ×8 runs faces under 20 px (those the default
+    enlarges to 32 px) through the weights trained on 16 px faces; --weights, and the scales where
+    that was not measured, run one network. A dry run plans what the loaded model runs."""
+    from hime_cli.pipeline.options import EnhanceOptions
+    from hime_cli.pipeline.run import Enhancer
+    from hime_cli.sr.inference import SMALL_FACE_WEIGHTS, RoutedSuperResolver, crop_rules
+
+    sr = load_super_resolver(None, scale=scale, device="cpu", mirror=False)
+    planned = Enhancer(EnhanceOptions(scale=scale, dry_run=True))._crop_rules()
+    assert sr.rules == planned == crop_rules(None, scale)
+    if scale in (4, 8):
+        assert isinstance(sr, RoutedSuperResolver) and sr.small.name == SMALL_FACE_WEIGHTS
+        assert (sr.rules.small_below, sr.rules.small.crop_scale, sr.rules.small.model_scale) == (20, 8, 4)
+        # exactly the faces the default would enlarge: own crop ceil(region) under 20 px
+        assert sr.rules.for_region(19.0).route == 1 and sr.rules.for_region(19.2).route == 0
+        assert lr_crop_size(19.0, 4) == 32 and lr_crop_size(19.2, 4) == 20
+        assert SMALL_FACE_WEIGHTS in sr.name
+    else:
+        assert not isinstance(sr, RoutedSuperResolver) and sr.rules.small is None
+    pinned = load_super_resolver("hime_small_x4", scale=scale, device="cpu", mirror=False)
+    assert not isinstance(pinned, RoutedSuperResolver) and pinned.rules == crop_rules("hime_small_x4", scale)
+
+
+def test_routed_resolver_runs_each_face_through_its_network(tiny_model) -> None:
+    """Jobs of route 0 and 1 come back in order, each as its own network alone gives it."""
+    from hime_cli.sr.inference import RoutedSuperResolver
+
+    torch.manual_seed(1)
+    other = create_model("hime_test_x4").eval()  # other random weights
+    main, small = (
+        FaceSuperResolver(tiny_model, "cpu", name="main"),
+        FaceSuperResolver(other, "cpu", name="small"),
+    )
+    rng = np.random.default_rng(0)
+    jobs = [
+        SRJob(rng.random((size, size, 3), dtype=np.float32), route=route)
+        for size, route in ((32, 0), (16, 1), (20, 0), (16, 1), (32, 0))
+    ]
+    routed = RoutedSuperResolver(main, small, 20)
+    counted: list[int] = []
+    outs = routed.run(jobs, on_batch=counted.append)
+    assert sum(counted) == len(jobs) and [o.shape[0] for o in outs] == [128, 64, 80, 64, 128]
+    for job, out in zip(jobs, outs, strict=True):
+        alone = (small if job.route else main).run([SRJob(job.lr)])[0]
+        np.testing.assert_allclose(out, alone, atol=1e-5)
+    with pytest.raises(ValueError, match="route"):
+        routed.run([SRJob(jobs[0].lr, route=2)])

@@ -221,6 +221,17 @@ def test_eval_refuses_a_network_of_a_larger_zoom(tmp_path: Path) -> None:
         load_model_for_eval(str(weights), 4)
 
 
+def test_eval_default_weights_are_what_enhance_runs_on_its_faces() -> None:
+    """×4 scores 32 px faces: the default weights; ×8 scores 16 px faces, which enhance gives the
+    small-face weights (sr.inference.small_face_weights); --weights is taken as it is."""
+    from hime_cli.sr.inference import SMALL_FACE_WEIGHTS, default_weights_name
+    from hime_cli.training.evaluate import load_model_for_eval
+
+    assert load_model_for_eval(None, 4)[1] == default_weights_name(4)
+    assert load_model_for_eval(None, 8)[1] == SMALL_FACE_WEIGHTS
+    assert load_model_for_eval("hime_small_x4", 8)[1] == "hime_small_x4"
+
+
 def test_cli_train_then_eval(tmp_path: Path) -> None:
     cs = synthetic_crops()
     data = tmp_path / "crops.npz"
