@@ -306,6 +306,7 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
             seen.add(photo.parent.name)
         ordered = firsts + rest
         gains: list[float] = []
+        per_face: list[dict] = []
         via_x4_gains: list[float] = []
         for k, (photo, face) in enumerate(ordered):
             if len(gains) >= args.sweep_faces:
@@ -338,15 +339,19 @@ def sweep(work: Path, args: argparse.Namespace) -> list[dict]:
                 continue
             ours, lanczos = face_psnrs(original, small, folder / "out" / "small.jpg", enhanced[0].box, scale)
             gains.append(ours - lanczos)
+            # the region side decides the crop and, with the default weights, the network
+            per_face.append({"photo": photo.name, "region": round(enhanced[0].size, 1),
+                             "lr_size": enhanced[0].lr_size, "gain_db": round(ours - lanczos, 3)})  # fmt: skip
             if via_x4:
                 via_x4_gains.append(_via_x4_gain(folder, refs, original, enhanced[0].box, args) - lanczos)
         if gains:
             rows.append({"size": size, "faces": len(gains), "mean_gain_db": round(float(np.mean(gains)), 3),
-                         "min_gain_db": round(float(np.min(gains)), 3)})  # fmt: skip
+                         "min_gain_db": round(float(np.min(gains)), 3), "per_face": per_face})  # fmt: skip
             if via_x4_gains:
                 rows[-1]["via_x4_mean_gain_db"] = round(float(np.mean(via_x4_gains)), 3)
                 rows[-1]["via_x4_min_gain_db"] = round(float(np.min(via_x4_gains)), 3)
-            print(f"sweep: {size} px → {rows[-1]}", file=sys.stderr, flush=True)
+            summary = {k: v for k, v in rows[-1].items() if k != "per_face"}
+            print(f"sweep: {size} px → {summary}", file=sys.stderr, flush=True)
     return rows
 
 
