@@ -165,6 +165,8 @@ def run_training(
         "elapsed_s": round(state.elapsed_s, 1),
         "sha256": sha,
         "final": state.history[-1] if state.history else None,
+        # what trained it (as train() wrote it): the model card's recipe (training.export)
+        "config": json.loads((run_dir / "config.json").read_text()),
     }
     (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     log(json.dumps(summary))

@@ -256,6 +256,9 @@ def test_cli_train_then_eval(tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     weights = tmp_path / "r" / "hime_test_x4.safetensors"
     assert weights.exists()
+    # the summary carries the recipe the model card is written from (training.export)
+    summary = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert summary["steps"] == 2 and summary["config"]["batch"] == 2 and "sampler" in summary["config"]
     res = runner.invoke(
         app, ["eval", str(data), "--weights", str(weights), "--limit", "3", "--no-identity", "--json"]
     )
