@@ -176,7 +176,7 @@ def native_min_size(model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
     return int(math.ceil(train_hr // model_scale * NATIVE_MIN_FRACTION - 1e-6))
 
 
-def _own_size(region: float) -> int:
+def own_crop_size(region: float) -> int:
     """The crop side of a face cropped at its own size: ``ceil(region)``."""
     return int(math.ceil(region - 1e-6))
 
@@ -184,7 +184,7 @@ def _own_size(region: float) -> int:
 def lr_crop_size(region: float, model_scale: int, train_hr: int = TRAIN_HR_SIZE) -> int:
     """LR crop side ``L``: ``ceil(region)`` from :func:`native_min_size` up, else the training side
     ``train_hr / model_scale`` (the small face enlarged to it)."""
-    native = _own_size(region)
+    native = own_crop_size(region)
     return native if native >= native_min_size(model_scale, train_hr) else train_hr // model_scale
 
 
@@ -211,7 +211,7 @@ def face_crop(
     size = lr_crop_size(region, model_scale, train_hr)
     unit = alignment_matrix(landmarks, 1)
     roll = math.degrees(math.atan2(unit[1, 0], unit[0, 0]))
-    if size == _own_size(region) and abs(roll) <= MAX_UNROTATED_DEG:
+    if size == own_crop_size(region) and abs(roll) <= MAX_UNROTATED_DEG:
         inverse = np.linalg.inv(np.vstack([unit, [0.0, 0.0, 1.0]]))
         cx, cy, _ = inverse @ np.array([0.5, 0.5, 1.0])
         x0, y0 = int(round(cx - size / 2)), int(round(cy - size / 2))

@@ -15,7 +15,6 @@ so that their pixel count stays under a memory budget.
 from __future__ import annotations
 
 import logging
-import math
 import re
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -31,6 +30,7 @@ from hime_cli.faces.align import (  # noqa: F401  (the crop policy lives in face
     face_crop,
     lr_crop_size,
     native_min_size,
+    own_crop_size,
     resize_crop,
     upscaled_crop_matrix,
 )
@@ -97,7 +97,7 @@ class CropRules:
         return cls(CropRoute(0, int(crop_scale or model_scale), int(model_scale)))
 
     def for_region(self, region: float) -> CropRoute:
-        if self.small is not None and math.ceil(region - 1e-6) < self.small_below:
+        if self.small is not None and own_crop_size(region) < self.small_below:
             return self.small
         return self.main
 
@@ -215,29 +215,27 @@ class RoutedSuperResolver:
     (:func:`small_face_weights`): each job runs through the network its ``route`` names. The same
     interface as :class:`FaceSuperResolver` (``name``, ``device``, ``scale``, ``rules``, ``run``)."""
 
-    def __init__(self, main: FaceSuperResolver, small: FaceSuperResolver, small_below: float) -> None:
+    def __init__(self, main: FaceSuperResolver, small: FaceSuperResolver) -> None:
         if main.scale != small.scale:
             raise ValueError(f"the two networks must have one zoom (×{main.scale} and ×{small.scale})")
-        self.main, self.small, self.small_below = main, small, float(small_below)
+        self.main, self.small = main, small
         self.device, self.scale, self.input_scale = main.device, main.scale, main.input_scale
-        self.name = f"{main.name} (faces under {small_below:g} px: {small.name})"
-
-    @property
-    def rules(self) -> CropRules:
-        small = CropRoute(1, self.small.input_scale, self.small.scale)
-        return CropRules(self.main.rules.main, small, self.small_below)
+        self.rules = CropRules(
+            main.rules.main, CropRoute(1, small.input_scale, small.scale), small_face_below(main.input_scale)
+        )
+        self.name = f"{main.name} (faces under {self.rules.small_below:g} px: {small.name})"
 
     def run(self, jobs: Sequence[SRJob], on_batch: Callable[[int], None] | None = None) -> list[np.ndarray]:
         """SR crops in the order of ``jobs``, each from the network of its route."""
+        unknown = sorted({job.route for job in jobs} - {0, 1})
+        if unknown:
+            raise ValueError(f"unknown route(s) {unknown}: 0 is the main network, 1 the small-face one")
         results: list[np.ndarray | None] = [None] * len(jobs)
         for route, net in ((0, self.main), (1, self.small)):
             picked = [i for i, job in enumerate(jobs) if job.route == route]
             if picked:
                 for i, out in zip(picked, net.run([jobs[i] for i in picked], on_batch), strict=True):
                     results[i] = out
-        unknown = sorted({job.route for job in jobs} - {0, 1})
-        if unknown:
-            raise ValueError(f"unknown route(s) {unknown}: 0 is the main network, 1 the small-face one")
         return [r for r in results if r is not None]
 
 
@@ -306,7 +304,7 @@ def load_super_resolver(
     if small_name is None:
         return main
     small = _resolver(small_name, resolved, batch_pixels, mirror)
-    return RoutedSuperResolver(main, small, small_face_below(main.input_scale))
+    return RoutedSuperResolver(main, small)
 
 
 def _resolver(name: str, device: str, batch_pixels: int | None, mirror: bool) -> FaceSuperResolver:

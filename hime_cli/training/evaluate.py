@@ -294,13 +294,12 @@ def load_model_for_eval(weights: str | None, scale: int, device: str = "cpu") ->
     faces are under the small-face threshold, :func:`~hime_cli.sr.inference.small_face_weights`).
     A network whose zoom divides ``scale`` (×4 at ×8) is evaluated on 16 px faces, output
     resampled (see :func:`evaluate`)."""
-    from hime_cli.sr.inference import default_weights_name, small_face_below, small_face_weights
+    from hime_cli.sr.inference import crop_rules, default_weights_name, small_face_weights
     from hime_cli.sr.registry import create_model
 
     name = weights or default_weights_name(scale)
-    small = small_face_weights(scale, weights)
-    if small is not None and HR_SIZE // scale < small_face_below(4):
-        name = small  # what enhance runs on a face this small
+    if crop_rules(weights, scale).for_region(HR_SIZE // scale).route == 1:
+        name = small_face_weights(scale, weights) or name  # what enhance runs on a face this small
     path = Path(name)
     if path.suffix == ".safetensors" and path.exists():
         from safetensors import safe_open

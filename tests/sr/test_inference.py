@@ -193,9 +193,10 @@ def test_routed_resolver_runs_each_face_through_its_network(tiny_model) -> None:
         SRJob(rng.random((size, size, 3), dtype=np.float32), route=route)
         for size, route in ((32, 0), (16, 1), (20, 0), (16, 1), (32, 0))
     ]
-    routed = RoutedSuperResolver(main, small, 20)
+    routed = RoutedSuperResolver(main, small)  # ×4 main: faces under 20 px
     counted: list[int] = []
     outs = routed.run(jobs, on_batch=counted.append)
+    assert routed.rules.small_below == 20
     assert sum(counted) == len(jobs) and [o.shape[0] for o in outs] == [128, 64, 80, 64, 128]
     for job, out in zip(jobs, outs, strict=True):
         alone = (small if job.route else main).run([SRJob(job.lr)])[0]
