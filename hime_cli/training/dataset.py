@@ -226,8 +226,10 @@ class CropSampler:
             mask[b, :k] = True
         return ref_index, mask
 
-    def sample(self, batch: int) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-        """(lr (B,3,h,w), hr (B,3,128,128), refs (B,N,3,128,128), ref_mask (B,N) bool)."""
+    def sample(self, batch: int, *, whole: bool = False) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """(lr (B,3,h,w), hr (B,3,128,128), refs (B,N,3,128,128), ref_mask (B,N) bool).
+
+        ``whole``: whole faces even when the config trains on patches (the identity loss needs them)."""
         cfg, rng = self.config, self.rng
         target = rng.choice(self.targets, size=batch)
         zoom = np.where(rng.random(batch) < cfg.p_zoom, rng.uniform(1.0, cfg.max_zoom, batch), 1.0)
@@ -268,7 +270,7 @@ class CropSampler:
             lr = bicubic_downsample(hr, cfg.input_scale)
         if cfg.input_scale != cfg.scale:
             refs = shrink_refs(refs, cfg.input_scale // cfg.scale)
-        if cfg.patch and cfg.patch < HR_SIZE:
+        if cfg.patch and cfg.patch < HR_SIZE and not whole:
             # The same window of the target and of its (aligned) references: a 4x cheaper step
             # at patch 64 that still teaches local alignment and transfer. LR is cut from the
             # full-face LR so its borders are the real degradation, not a patch-edge artefact.

@@ -74,6 +74,8 @@ def run_training(
     val_every: int | None = None,
     checkpoint_minutes: float = 10.0,
     lambda_cor: float | None = None,
+    lambda_id: float | None = None,
+    id_batch: int | None = None,
     degradation: str = "bicubic",
     self_geometry: dict[str, float] | None = None,
     train_only: tuple[str, ...] = (),
@@ -98,6 +100,8 @@ def run_training(
         "batch": batch,
         "lr": lr,
         "lambda_cor": lambda_cor,
+        "lambda_id": lambda_id,
+        "id_batch": id_batch,
         "warmup_steps": warmup_steps,
         "val_every": val_every,
         "ema_decay": ema_decay,
@@ -186,6 +190,12 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--batch", type=int)
     p.add_argument("--lr", type=float)
     p.add_argument("--lambda-cor", type=float)
+    p.add_argument(
+        "--lambda-id",
+        type=float,
+        help="weight of the identity loss (dlib descriptor distance on whole faces; default 0: off)",
+    )
+    p.add_argument("--id-batch", type=int, help="whole faces per step for the identity loss (default 8)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="cpu")
     p.add_argument("--resume", action="store_true")
@@ -242,6 +252,8 @@ def main(argv: list[str] | None = None) -> None:
         batch=a.batch,
         lr=a.lr,
         lambda_cor=a.lambda_cor,
+        lambda_id=a.lambda_id,
+        id_batch=a.id_batch,
         seed=a.seed,
         device=a.device,
         resume=a.resume,

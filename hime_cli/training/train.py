@@ -2,7 +2,8 @@
 
 Checkpoints are ``.safetensors`` (weights + Adam state as tensors, step/elapsed/config as
 metadata), never pickles, written atomically at least every ``checkpoint_minutes``.
-Loss: Charbonnier (ε = 1e-3) + λ_cor · correlation loss (k = 3) (paper Sec. 4, 5.1).
+Loss: Charbonnier (ε = 1e-3) + λ_cor · correlation loss (k = 3) (paper Sec. 4, 5.1), and with
+``lambda_id`` > 0 an identity loss on whole faces (dlib's descriptor distance, training.identity).
 With ``ema_decay`` > 0 the loop also keeps an exponential moving average of the weights (checkpointed
 as ``ema.*`` tensors, scored by the validator as ``ema_*``); the run then returns and exports the
 averaged weights.
@@ -31,7 +32,7 @@ from hime_cli.training.dataset import (
     to_target_size,
 )
 from hime_cli.training.metrics import psnr
-from hime_cli.training.prepare import CropSet
+from hime_cli.training.prepare import HR_SIZE, CropSet
 
 CHECKPOINT_NAME = "checkpoint.safetensors"
 
@@ -48,6 +49,11 @@ class TrainConfig:
     weight_decay: float = 0.0
     lambda_cor: float = 0.1
     cor_k: int = 3
+    # identity loss (training.identity): λ_id × dlib descriptor distance between output and target,
+    # on a second batch of ``id_batch`` whole faces per step (0: off). Those faces also get the
+    # pixel losses, weighted id_batch / batch.
+    lambda_id: float = 0.0
+    id_batch: int = 8
     grad_clip: float = 1.0
     seed: int = 0
     checkpoint_minutes: float = 10.0
@@ -208,8 +214,11 @@ class Validator:
         refs: int = 3,
         seed: int = 123,
         face_scale: int | None = None,
+        identity: torch.nn.Module | None = None,
     ) -> None:
-        """``face_scale``: the task's zoom when larger than the network's ``scale`` (the ×4 network
+        """``identity``: an :class:`~hime_cli.training.identity.IdentityLoss`; with it the validator
+        also reports the mean identity distance under `real` (``real_id_chosen``, ``real_id_blank``).
+        ``face_scale``: the task's zoom when larger than the network's ``scale`` (the ×4 network
         at ×8: LR inputs shrunk by 8, references by 2, outputs resampled to 128 px before scoring)."""
         import numpy as np
 
@@ -247,6 +256,8 @@ class Validator:
 
         self.lr_real = degrade_fixed(self.hr.cpu(), zoom, pick, seed=seed, cfg=EVAL_CONFIG).to(device)
         self.mask = mask.to(device)
+        self.identity = identity
+        self.affines = identity.locator.affines(self.hr) if identity is not None else None
         up = torch.nn.functional.interpolate(self.lr, scale_factor=zoom, mode="bicubic", align_corners=False)
         self.bicubic = float(psnr(up, self.hr).mean())
 
@@ -267,8 +278,16 @@ class Validator:
         own = score(self.lr, self.own, torch.ones_like(self.mask[:, :1]))
         real_chosen = score(self.lr_real, self.chosen, self.chosen_mask)
         real_blank = score(self.lr_real)
+        ids: dict[str, float] = {}
+        if self.identity is not None:
+            for key, args in (
+                ("real_id_chosen", (self.lr_real, self.chosen, self.chosen_mask)),
+                ("real_id_blank", (self.lr_real,)),
+            ):
+                out = to_target_size(model(*args), size).clamp(0, 1)
+                ids[key] = float(self.identity.distances(out, self.hr, self.affines).mean())
         model.train(was_training)
-        return {
+        return ids | {
             "psnr_bicubic": self.bicubic,
             "psnr_hime": with_refs,
             "psnr_chosen": chosen,
@@ -334,8 +353,13 @@ def train(
         seed=cfg.seed + state.step,
     )
     face_scale = sampler.config.face_scale
+    identity = None
+    if cfg.lambda_id:
+        from hime_cli.training.identity import IdentityLoss
+
+        identity = IdentityLoss(HR_SIZE).to(dev)
     validator = (
-        Validator(val_crops, scale, dev, face_scale=face_scale)
+        Validator(val_crops, scale, dev, face_scale=face_scale, identity=identity)
         if val_crops is not None and len(val_crops)
         else None
     )
@@ -354,6 +378,15 @@ def train(
         loss = charbonnier(out, hr)
         if cfg.lambda_cor:
             loss = loss + cfg.lambda_cor * correlation_loss(out, hr, k=cfg.cor_k)
+        if identity is not None:
+            lr_f, hr_f, refs_f, mask_f = sampler.sample(cfg.id_batch, whole=True)
+            out_f = to_target_size(model(lr_f, refs_f, mask_f), hr_f.shape[-1])
+            pixel = charbonnier(out_f, hr_f)
+            if cfg.lambda_cor:
+                pixel = pixel + cfg.lambda_cor * correlation_loss(out_f, hr_f, k=cfg.cor_k)
+            loss = (
+                loss + (cfg.id_batch / cfg.batch) * pixel + cfg.lambda_id * identity(out_f.clamp(0, 1), hr_f)
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.grad_clip:

@@ -701,3 +701,25 @@ def test_cli_eval_lr_crop_auto_follows_enhance(tmp_path: Path, monkeypatch: pyte
     assert lr_crop()["lr_crop"] == "native"
     res = runner.invoke(app, [*base, "--lr-crop", "nearest"])
     assert res.exit_code != 0 and "--lr-crop" in res.output
+
+
+def test_train_with_identity_loss_scores_identity_and_adds_whole_faces(tmp_path: Path) -> None:
+    from hime_cli.training.run import main
+
+    cs = synthetic_crops()
+    sampler = CropSampler(cs, SamplerConfig(patch=64), seed=0)
+    lr, hr, refs, _ = sampler.sample(2, whole=True)
+    assert lr.shape[-1] == 32 and hr.shape[-1] == 128 and refs.shape[-1] == 128
+    assert sampler.sample(2)[1].shape[-1] == 64  # patches otherwise
+    data = tmp_path / "crops.npz"
+    cs.save(data)
+    run = tmp_path / "run"
+    main(
+        ["--data", str(data), "--val-data", str(data), "--run", str(run), "--arch", "hime_test_x4"]
+        + ["--steps", "2", "--batch", "2", "--patch", "64", "--val-every", "1", "--warmup-steps", "1"]
+        + ["--lambda-id", "0.1", "--id-batch", "2"]
+    )
+    cfg = json.loads((run / "config.json").read_text())
+    assert cfg["lambda_id"] == 0.1 and cfg["id_batch"] == 2
+    final = json.loads((run / "summary.json").read_text())["final"]
+    assert final["real_id_chosen"] > 0 and final["real_id_blank"] > 0
