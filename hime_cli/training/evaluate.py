@@ -144,21 +144,27 @@ def make_plan(
     return EvalPlan(targets=targets, refs=refs, random_refs=random_refs, wrong_refs=wrong)
 
 
+def canonical_face(size: int = HR_SIZE):  # -> DetectedFace
+    """The face of an aligned ``size`` px crop: the canonical landmarks and an MTCNN-like box
+    around them (2.3 × 3.0 inter-ocular distances), what dlib is handed for a canonical crop."""
+    from hime_cli.faces.align import CANONICAL_LANDMARKS
+    from hime_cli.types import Box, DetectedFace
+
+    lm = (CANONICAL_LANDMARKS * size).astype(np.float32)
+    iod = float(lm[1, 0] - lm[0, 0])
+    cx, eye_y = size / 2.0, float(lm[0, 1])
+    w, h = 2.3 * iod, 3.0 * iod
+    top = eye_y - 0.40 * h
+    return DetectedFace(box=Box(cx - w / 2, top, cx + w / 2, top + h), landmarks=lm, score=1.0)
+
+
 class IdentityDistance:
     """dlib embedding distance between two aligned 128 px face crops (the canonical box is known)."""
 
     def __init__(self) -> None:
-        from hime_cli.faces.align import CANONICAL_LANDMARKS
         from hime_cli.faces.embed import DlibEmbedder
-        from hime_cli.types import Box, DetectedFace
 
-        lm = (CANONICAL_LANDMARKS * HR_SIZE).astype(np.float32)
-        iod = float(lm[1, 0] - lm[0, 0])
-        # MTCNN-like box around the canonical landmarks (2.3 × 3.0 inter-ocular distances).
-        cx, eye_y = HR_SIZE / 2.0, float(lm[0, 1])
-        w, h = 2.3 * iod, 3.0 * iod
-        top = eye_y - 0.40 * h
-        self._face = DetectedFace(box=Box(cx - w / 2, top, cx + w / 2, top + h), landmarks=lm, score=1.0)
+        self._face = canonical_face(HR_SIZE)
         # The raw dlib descriptor (one view, its own length), as every identity distance in the
         # docs and model cards was measured: the index's flip-averaged unit vectors would shrink
         # distances by ~0.73 and make numbers incomparable across releases.

@@ -34,17 +34,10 @@ class ChipLocator:
     """Per-face 2×3 maps from dlib chip pixels (u, v, 1) to crop pixels (x, y), from dlib's landmarks."""
 
     def __init__(self, size: int) -> None:
-        from hime_cli.faces.align import CANONICAL_LANDMARKS
         from hime_cli.faces.embed import DlibEmbedder
-        from hime_cli.types import Box, DetectedFace
+        from hime_cli.training.evaluate import canonical_face
 
-        lm = (CANONICAL_LANDMARKS * size).astype(np.float32)
-        iod = float(lm[1, 0] - lm[0, 0])
-        # the box IdentityDistance hands dlib for a canonical crop (2.3 × 3.0 inter-ocular distances)
-        cx, eye_y = size / 2.0, float(lm[0, 1])
-        w, h = 2.3 * iod, 3.0 * iod
-        top = eye_y - 0.40 * h
-        self.face = DetectedFace(box=Box(cx - w / 2, top, cx + w / 2, top + h), landmarks=lm, score=1.0)
+        self.face = canonical_face(size)  # the face IdentityDistance hands dlib
         self.size = size
         self._embedder = DlibEmbedder(flip=False, unit=False, backend="dlib")
         import dlib
